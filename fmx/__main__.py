@@ -1,0 +1,5 @@
+import sys
+
+from fmx.cli import main
+
+sys.exit(main())

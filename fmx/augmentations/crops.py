@@ -1,0 +1,64 @@
+"""Per-image geometric augmentations.
+
+Every op is `op(image, seed, size) -> image` on float32 images in [0, 1]; the
+pipeline passes a distinct stateless seed per image and op, so a run's crops
+and flips are a pure function of (run seed, example position) and can be
+replayed exactly on resume.
+"""
+
+from typing import Tuple
+
+import tensorflow as tf
+
+from fmx.registry import AUGMENTATIONS
+
+_FRAMEWORK_ARGS = ('image', 'seed', 'size')
+
+
+def _resize(image, size: int):
+  return tf.image.resize(image, (size, size), method='bilinear', antialias=False)
+
+
+@AUGMENTATIONS.register(denylist=_FRAMEWORK_ARGS)
+def inception_crop(image, seed, size: int,
+                   area_range: Tuple[float, float] = (0.05, 1.0),
+                   aspect_ratio_range: Tuple[float, float] = (3 / 4, 4 / 3),
+                   min_object_covered: float = 0.1):
+  """Random crop of 5%-100% of the area, aspect 3/4-4/3, resized to size."""
+  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+      seed=seed, min_object_covered=min_object_covered,
+      aspect_ratio_range=aspect_ratio_range, area_range=area_range,
+      max_attempts=10, use_image_if_no_bounding_boxes=True)
+  return _resize(tf.slice(image, begin, crop_size), size)
+
+
+@AUGMENTATIONS.register(denylist=_FRAMEWORK_ARGS)
+def random_flip(image, seed, size: int):
+  """Random horizontal flip (probability 1/2); size is unchanged."""
+  del size
+  return tf.image.stateless_random_flip_left_right(image, seed)
+
+
+@AUGMENTATIONS.register(denylist=_FRAMEWORK_ARGS)
+def random_translate(image, seed, size: int, max_shift: int = 3):
+  """Shifts the image up to max_shift pixels (zero fill), then resizes."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  padded = tf.pad(image, [[max_shift, max_shift], [max_shift, max_shift], [0, 0]])
+  cropped = tf.image.stateless_random_crop(
+      padded, tf.stack([height, width, tf.shape(image)[2]]), seed)
+  return _resize(cropped, size)
+
+
+@AUGMENTATIONS.register(denylist=_FRAMEWORK_ARGS)
+def central_crop(image, seed, size: int, fraction: float = 0.875):
+  """Central crop keeping `fraction` of each side, resized to size (eval)."""
+  del seed
+  return _resize(tf.image.central_crop(image, fraction), size)
+
+
+@AUGMENTATIONS.register(denylist=_FRAMEWORK_ARGS)
+def resize(image, seed, size: int):
+  """Resizes the whole image to size x size (aspect ratio not kept)."""
+  del seed
+  return _resize(image, size)

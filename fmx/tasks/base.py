@@ -1,0 +1,72 @@
+"""What the teacher and distillation tasks share: inputs, splits, settings.
+
+A Model Garden Task owns everything specific to a problem; the trainer and the
+Orbit loop know nothing about it. Both fmx tasks read their data and settings
+from gin through `Data` and `Training`, and add one hook for fmx's runner:
+`results(eval_logs)`, the task's fields of results.json.
+"""
+
+from typing import Optional
+
+import gin
+import tensorflow as tf
+import tf_keras
+from official.core import base_task
+
+from fmx.data.pipeline import Data
+from fmx.registry import BACKBONES
+from fmx.training.settings import Training
+
+# `DataConfig.input_path` tells build_inputs which split an eval pipeline reads.
+EVAL_SPLIT, TEST_SPLIT = 'eval', 'test'
+
+
+class FmxTask(base_task.Task):
+  """Base of fmx's tasks: builds inputs from `Data`, keeps run settings."""
+
+  def __init__(self, params, logging_dir: Optional[str] = None,
+               name: Optional[str] = None):
+    super().__init__(params, logging_dir=logging_dir, name=name)
+    self.data = Data()
+    self.training = Training()
+    # Resolve the splits now, so a missing dataset, split or data_dir fails
+    # before any model is built or anything is written.
+    self.sources = {which: self.data.source(which)
+                    for which in ('train', EVAL_SPLIT, TEST_SPLIT)}
+
+  @property
+  def num_classes(self) -> int:
+    return self.sources['train'].num_classes
+
+  @property
+  def input_shape(self):
+    return (self.data.image_size, self.data.image_size,
+            self.sources['train'].channels)
+
+  def build_inputs(self, params, input_context=None) -> tf.data.Dataset:
+    batch_size = (input_context.get_per_replica_batch_size(params.global_batch_size)
+                  if input_context else params.global_batch_size)
+    if params.is_training:
+      return self.data.train_dataset_fn(batch_size, self.training.seed,
+                                        input_context, self.sources['train'])
+    return self.data.eval_dataset_fn(batch_size, input_context,
+                                     self.sources[params.input_path or EVAL_SPLIT])
+
+  def build_backbone(self, entry_name: str, scope: str) -> tf_keras.Model:
+    """Builds a backbone entry with the gin parameters of `scope/entry`."""
+    with gin.config_scope(scope):
+      return BACKBONES.get(entry_name)(num_classes=self.num_classes,
+                                       input_shape=self.input_shape)
+
+  def results(self, eval_logs) -> dict:
+    raise NotImplementedError
+
+
+def top1_correct(labels, logits):
+  """1.0 where argmax(logits) == label, per example."""
+  return tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int64),
+                          tf.cast(labels, tf.int64)), tf.float32)
+
+
+def to_float(logs) -> dict:
+  return {k: float(v) for k, v in logs.items()}

@@ -1,0 +1,64 @@
+"""The supervised teacher task: trains or fine-tunes a teacher on labels.
+
+This is the original implementation's first step. Its run directory holds
+what a distillation run needs to rebuild the teacher: `model.json` (the
+architecture) beside the checkpoints, and `results.json` once finished.
+"""
+
+import gin
+import tensorflow as tf
+import tf_keras
+
+from fmx.errors import UserError
+from fmx.registry import LOSSES, TASKS
+from fmx.tasks.base import FmxTask, to_float, top1_correct
+
+
+@TASKS.register('teacher', denylist=('params', 'logging_dir', 'name'))
+class TeacherTask(FmxTask):
+  """Supervised training of a teacher backbone with labels (cross-entropy)."""
+
+  def __init__(self, params, logging_dir=None, name=None,
+               backbone: str = gin.REQUIRED, loss: str = 'cross_entropy'):
+    super().__init__(params, logging_dir=logging_dir, name=name)
+    self.backbone = backbone
+    self.loss_fn = LOSSES.get(loss)
+    if not getattr(self.loss_fn, 'takes_labels', False):
+      raise UserError(f'teacher.loss = {loss!r} compares two models; the teacher '
+                      "task needs a supervised loss such as 'cross_entropy'.")
+    if self.data.mixup is not None:
+      raise UserError('the teacher task trains on labels, which fmx does not '
+                      'mix; set Data.mixup = None in the teacher\'s gin file.')
+
+  def build_model(self) -> tf_keras.Model:
+    return self.build_backbone(self.backbone, scope='teacher')
+
+  def build_metrics(self, training: bool = True):
+    del training
+    return [tf_keras.metrics.Mean('top1')]
+
+  def train_step(self, inputs, model, optimizer, metrics=None):
+    num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    with tf.GradientTape() as tape:
+      logits = model(inputs['image'], training=True)
+      loss = tf.reduce_mean(self.loss_fn(inputs['label'], logits))
+      # Gradients are summed over replicas, so each replica's share is 1/n.
+      scaled = (loss + tf.add_n(model.losses or [0.0])) / num_replicas
+    grads = tape.gradient(scaled, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    self._update(metrics, inputs['label'], logits)
+    return {self.loss: loss}
+
+  def validation_step(self, inputs, model, metrics=None):
+    logits = model(inputs['image'], training=False)
+    self._update(metrics, inputs['label'], logits)
+    return {self.loss: tf.reduce_mean(self.loss_fn(inputs['label'], logits))}
+
+  def _update(self, metrics, labels, logits):
+    for metric in metrics or []:
+      if metric.name == 'top1':
+        metric.update_state(top1_correct(labels, logits))
+
+  def results(self, eval_logs) -> dict:
+    logs = to_float(eval_logs)
+    return {'top1': logs['top1'], 'loss': logs.get('validation_loss')}

@@ -1,0 +1,50 @@
+"""A teacher as a distillation run finds it: an fmx teacher run's directory.
+
+A teacher run is *finished* when it has written results.json, which happens
+only after its last checkpoint; a distillation run naming an unfinished
+teacher run trains it first (see fmx.training.run).
+"""
+
+import json
+import os
+
+import tensorflow as tf
+import tf_keras
+
+from fmx.errors import UserError
+
+ARCHITECTURE_FILE = 'model.json'
+RESULTS_FILE = 'results.json'
+
+
+def is_finished(run_dir: str) -> bool:
+  return all(tf.io.gfile.exists(os.path.join(run_dir, f))
+             for f in (ARCHITECTURE_FILE, RESULTS_FILE))
+
+
+def write_architecture(model: tf_keras.Model, run_dir: str) -> None:
+  tf.io.gfile.makedirs(run_dir)
+  with tf.io.gfile.GFile(os.path.join(run_dir, ARCHITECTURE_FILE), 'w') as f:
+    f.write(model.to_json())
+
+
+def load_teacher(run_dir: str) -> tf_keras.Model:
+  """Rebuilds the teacher from model.json and its run's latest checkpoint."""
+  if not is_finished(run_dir):
+    raise UserError(
+        f'teacher run {run_dir!r} has no finished checkpoint (no {RESULTS_FILE}'
+        f' or {ARCHITECTURE_FILE}). Train it first with `fmx run --gin '
+        f'TEACHER.gin --model_dir {run_dir}`, or set distillation.teacher_gin so '
+        'fmx trains it for you.')
+  with tf.io.gfile.GFile(os.path.join(run_dir, ARCHITECTURE_FILE)) as f:
+    teacher = tf_keras.models.model_from_json(f.read())
+  checkpoint = tf.train.latest_checkpoint(run_dir)
+  # Only the model's variables are wanted; the optimizer's slots are not.
+  tf.train.Checkpoint(model=teacher).read(checkpoint).assert_existing_objects_matched().expect_partial()
+  teacher.trainable = False
+  return teacher
+
+
+def read_results(run_dir: str) -> dict:
+  with tf.io.gfile.GFile(os.path.join(run_dir, RESULTS_FILE)) as f:
+    return json.load(f)

@@ -1,0 +1,194 @@
+"""One run, from parsed gin to checkpoints, TensorBoard and results.json.
+
+    gin -> Experiment/Data/Training/... -> Task -> Model Garden trainer
+        -> Orbit controller (loop, checkpoints, summaries) -> results.json
+
+A distillation run naming a teacher run that has not finished trains that
+teacher first, from the teacher's own gin file, then carries on.
+"""
+
+import json
+import os
+import time
+from typing import Optional, Sequence
+
+import gin
+import tensorflow as tf
+import tf_keras
+from official.core import config_definitions as cfg
+from official.core import train_lib
+
+from fmx import gin_config
+from fmx.errors import UserError
+from fmx.registry import TASKS
+from fmx.tasks import teacher_run
+from fmx.tasks.base import EVAL_SPLIT, TEST_SPLIT
+from fmx.training import progress
+from fmx.training.settings import Experiment, Optimizer, Runtime, Training
+
+OPERATIVE_CONFIG = 'operative_config.gin'
+
+
+def run(gin_files: Sequence[str], bindings: Sequence[str] = (),
+        model_dir: Optional[str] = None) -> dict:
+  """Parses the config, trains (or resumes) and returns results.json's content."""
+  gin_config.parse(gin_files, bindings)
+  experiment = Experiment()
+  model_dir = model_dir or experiment.model_dir
+  if not model_dir:
+    raise UserError('no model_dir: pass --model_dir DIR or set '
+                    "Experiment.model_dir = '...' in the gin file.")
+  if experiment.task == 'distillation':
+    _train_teacher_if_needed()
+    gin_config.parse(gin_files, bindings)  # the teacher run replaced the config
+  return train_and_evaluate(experiment.task, model_dir)
+
+
+def _train_teacher_if_needed() -> None:
+  try:
+    run_dir = gin.query_parameter('distillation.teacher_run')
+    teacher_gin = gin.query_parameter('distillation.teacher_gin')
+  except ValueError:
+    return  # not set: the task names the missing value
+  if teacher_run.is_finished(run_dir) or not teacher_gin:
+    return  # finished, or the task will say how to train it
+  print(f'Teacher run {run_dir} has no finished checkpoint: training it first '
+        f'with {teacher_gin}.', flush=True)
+  run([teacher_gin], model_dir=run_dir)
+
+
+def train_and_evaluate(task_name: str, model_dir: str) -> dict:
+  """Trains the configured task into model_dir; resumes if it has a checkpoint."""
+  task_cls = TASKS.get(task_name)
+  runtime, training, optimizer = Runtime(), Training(), Optimizer()
+  _prepare_model_dir(model_dir)
+  if runtime.mixed_precision:
+    tf_keras.mixed_precision.set_global_policy(
+        'mixed_bfloat16' if runtime.mixed_precision == 'bfloat16' else 'mixed_float16')
+  tf_keras.utils.set_random_seed(training.seed)
+  if runtime.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  strategy = runtime.strategy()
+
+  task_config = cfg.TaskConfig(
+      train_data=cfg.DataConfig(is_training=True,
+                                global_batch_size=training.global_batch_size),
+      validation_data=cfg.DataConfig(is_training=False, input_path=EVAL_SPLIT,
+                                     global_batch_size=training.eval_batch_size))
+  task = task_cls(params=task_config, logging_dir=model_dir)
+  train_steps = training.train_steps(task.sources['train'].num_examples)
+  params = cfg.ExperimentConfig(
+      task=task_config,
+      trainer=training.trainer_config(train_steps, optimizer.config(train_steps)),
+      runtime=runtime.runtime_config())
+
+  bar = progress.ProgressBar(train_steps, training.global_batch_size,
+                             os.path.join(model_dir, 'train'),
+                             description=f'{task_name} {os.path.basename(model_dir)}')
+  runner = train_lib.OrbitExperimentRunner(
+      distribution_strategy=strategy, task=task, mode='train_and_eval',
+      params=params, model_dir=model_dir, train_actions=[bar],
+      eval_actions=[progress.EvalPrinter(bar)])
+  trainer = runner.trainer
+  bar.attach(trainer.global_step)  # the controller has restored it by now
+  # Written now that the model and data are built: gin lists only the
+  # parameters actually used.
+  _write_operative_config(model_dir, gin.operative_config_str())
+  if task_name == 'teacher':
+    teacher_run.write_architecture(trainer.model, model_dir)
+
+  start = time.perf_counter()
+  # The controller directly, not runner.run(): that also profiles the model to
+  # count FLOPs, which costs ~20 s and prints TF1 warnings on every run.
+  with strategy.scope():
+    runner.controller.train_and_evaluate(
+        train_steps=train_steps, eval_steps=-1,
+        eval_interval=params.trainer.validation_interval)
+  bar.close()
+  train_seconds = time.perf_counter() - start
+
+  results = _final_test_evaluation(task, trainer, strategy, training, model_dir)
+  results.update(
+      task=task_name, global_step=int(trainer.global_step.numpy()),
+      train_steps=train_steps, train_seconds=round(train_seconds, 1),
+      test_split=f'{task.data.eval_dataset}:{task.data.test_split}')
+  results.update(_param_counts(task, trainer.model))
+  # results.json marks the run finished: write it last, atomically.
+  _write_text(os.path.join(model_dir, teacher_run.RESULTS_FILE),
+              json.dumps(results, indent=2, sort_keys=True) + '\n')
+  return results
+
+
+def _final_test_evaluation(task, trainer, strategy, training, model_dir) -> dict:
+  """Evaluates the final model on the held-out test split."""
+  test_config = cfg.DataConfig(is_training=False, input_path=TEST_SPLIT,
+                               global_batch_size=training.eval_batch_size)
+  trainer.eval_dataset = trainer.distribute_dataset(task.build_inputs, test_config)
+  with strategy.scope():
+    logs = trainer.evaluate(tf.constant(-1, tf.int32))
+  writer = tf.summary.create_file_writer(os.path.join(model_dir, 'test'))
+  with writer.as_default(step=int(trainer.global_step.numpy())):
+    for name, value in logs.items():
+      tf.summary.scalar(name, value)
+  writer.flush()
+  return task.results(logs)
+
+
+def _param_counts(task, model) -> dict:
+  teacher = getattr(task, 'teacher', None)
+  if teacher is not None:
+    return {'student_params': model.count_params(),
+            'teacher_params': teacher.count_params()}
+  return {'params': model.count_params()}
+
+
+def _prepare_model_dir(model_dir: str) -> None:
+  try:
+    tf.io.gfile.makedirs(model_dir)
+    probe = os.path.join(model_dir, '.fmx_write_test')
+    _write_text(probe, '')
+    tf.io.gfile.remove(probe)
+  except (tf.errors.OpError, OSError) as e:
+    raise UserError(f'model_dir {model_dir!r} is not writable ({e}); choose '
+                    'another --model_dir or fix its permissions.') from None
+
+
+def _write_operative_config(model_dir: str, config: str) -> None:
+  """Writes operative_config.gin, keeping a differing earlier one beside it."""
+  path = os.path.join(model_dir, OPERATIVE_CONFIG)
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      previous = f.read()
+    if previous != config:
+      stamp = time.strftime('%Y%m%d-%H%M%S')
+      tf.io.gfile.rename(path, path.replace('.gin', f'.before-{stamp}.gin'),
+                         overwrite=True)
+  _write_text(path, config)
+
+
+def _write_text(path: str, text: str) -> None:
+  """Writes via a temporary file and a rename, so a kill never leaves half a file."""
+  tmp = path + '.tmp'
+  with tf.io.gfile.GFile(tmp, 'w') as f:
+    f.write(text)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def format_results(results: dict) -> str:
+  """The table printed at the end of a run."""
+  if results.get('task') == 'distillation':
+    ratio = results['teacher_params'] / max(1, results['student_params'])
+    rows = [('', 'teacher', 'student'),
+            ('test top-1', f'{results["teacher_top1"]:.2%}', f'{results["student_top1"]:.2%}'),
+            ('parameters', f'{results["teacher_params"]:,}', f'{results["student_params"]:,}'),
+            ('agreement', '', f'{results["agreement"]:.2%}'),
+            ('compression', '', f'{ratio:.1f}x fewer parameters')]
+  else:
+    rows = [('', 'teacher'), ('test top-1', f'{results["top1"]:.2%}'),
+            ('parameters', f'{results["params"]:,}')]
+  widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(len(rows[0]))]
+  lines = ['  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+           for row in rows]
+  lines.append(f'({results["test_split"]}, step {results["global_step"]}, '
+               f'{results["train_seconds"]:.0f} s of training)')
+  return '\n'.join(lines)

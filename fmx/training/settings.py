@@ -1,0 +1,161 @@
+"""The gin-facing settings of a run, translated into Model Garden's configs.
+
+Gin is the only configuration language a user writes; Model Garden's
+dataclass configs (`ExperimentConfig`, `OptimizationConfig`) are built from
+these values so the trainer, optimizers and schedules are Model Garden's own.
+"""
+
+import math
+from typing import Optional, Sequence
+
+import gin
+import tensorflow as tf
+from official.common import distribute_utils
+from official.core import config_definitions as cfg
+from official.modeling.optimization.configs import optimization_config
+
+from fmx.errors import UserError
+
+
+@gin.configurable
+class Experiment:
+  """Which task a gin file runs, and where it writes (`--model_dir` wins)."""
+
+  def __init__(self, task: str = gin.REQUIRED, model_dir: Optional[str] = None):
+    self.task = task
+    self.model_dir = model_dir
+
+
+@gin.configurable
+class Training:
+  """Length, batch and bookkeeping of a run; schedules derive from these."""
+
+  def __init__(self,
+               epochs: float = gin.REQUIRED,
+               global_batch_size: int = gin.REQUIRED,
+               eval_batch_size: int = 256,
+               steps_per_loop: int = 100,
+               evals: int = 5,
+               checkpoints_to_keep: int = 3,
+               seed: int = 0):
+    self.epochs = epochs
+    self.global_batch_size = global_batch_size
+    self.eval_batch_size = eval_batch_size
+    self.steps_per_loop = steps_per_loop
+    self.evals = evals
+    self.checkpoints_to_keep = checkpoints_to_keep
+    self.seed = seed
+    if global_batch_size <= 0 or epochs <= 0:
+      raise UserError(f'Training.epochs ({epochs}) and Training.global_batch_size '
+                      f'({global_batch_size}) must be positive.')
+
+  def train_steps(self, num_examples: int) -> int:
+    """Steps for `epochs` passes over `num_examples` at the global batch."""
+    return max(1, math.ceil(self.epochs * num_examples / self.global_batch_size))
+
+  def trainer_config(self, train_steps: int,
+                     optimizer: cfg.base_config.Config) -> cfg.TrainerConfig:
+    # Orbit only checkpoints and summarises at loop boundaries, so every
+    # interval is a multiple of steps_per_loop.
+    loop = max(1, min(self.steps_per_loop, train_steps))
+    eval_interval = loop * max(1, round(train_steps / max(1, self.evals) / loop))
+    return cfg.TrainerConfig(
+        optimizer_config=optimizer,
+        train_steps=train_steps,
+        steps_per_loop=loop,
+        summary_interval=loop,
+        checkpoint_interval=eval_interval,
+        validation_interval=eval_interval,
+        validation_steps=-1,  # the whole eval split, every time
+        max_to_keep=self.checkpoints_to_keep)
+
+
+@gin.configurable
+class Optimizer:
+  """An optimiser + linear warmup + cosine decay, via Model Garden.
+
+  `name`: 'adamw' (original recipe: decoupled weight decay, global clip norm),
+  'adam' or 'sgd' (momentum). The cosine decay lasts exactly the run's
+  train_steps, so the schedule ends at the last step actually run.
+  """
+
+  def __init__(self,
+               name: str = 'adamw',
+               learning_rate: float = gin.REQUIRED,
+               warmup_steps: int = 0,
+               decay: str = 'cosine',
+               weight_decay: float = 0.0,
+               weight_decay_on: Optional[Sequence[str]] = None,
+               clipnorm: Optional[float] = None,
+               momentum: float = 0.9):
+    if name not in ('adamw', 'adam', 'sgd'):
+      raise UserError(f"Optimizer.name = {name!r}; use 'adamw', 'adam' or 'sgd'.")
+    if decay not in ('cosine', 'constant'):
+      raise UserError(f"Optimizer.decay = {decay!r}; use 'cosine' or 'constant'.")
+    self.name, self.learning_rate, self.decay = name, learning_rate, decay
+    self.warmup_steps, self.weight_decay = warmup_steps, weight_decay
+    self.weight_decay_on = list(weight_decay_on) if weight_decay_on else None
+    self.clipnorm, self.momentum = clipnorm, momentum
+
+  def config(self, train_steps: int) -> optimization_config.OptimizationConfig:
+    if self.name == 'adamw':
+      optimizer = {'weight_decay_rate': self.weight_decay,
+                   'gradient_clip_norm': self.clipnorm or 0.0,
+                   'include_in_weight_decay': self.weight_decay_on}
+    elif self.name == 'adam':
+      optimizer = {'global_clipnorm': self.clipnorm}
+    else:
+      optimizer = {'momentum': self.momentum, 'global_clipnorm': self.clipnorm}
+    if self.decay == 'cosine':
+      learning_rate = {'type': 'cosine', 'cosine': {
+          'initial_learning_rate': self.learning_rate,
+          'decay_steps': train_steps}}
+    else:
+      learning_rate = {'type': 'constant', 'constant': {
+          'learning_rate': self.learning_rate}}
+    config = {'optimizer': {'type': self.name, self.name: optimizer},
+              'learning_rate': learning_rate}
+    # Short runs (tests, dry runs) get a warmup that still leaves room to decay.
+    warmup = min(self.warmup_steps, train_steps // 2)
+    if warmup:
+      config['warmup'] = {'type': 'linear', 'linear': {'warmup_steps': warmup}}
+    return optimization_config.OptimizationConfig(config)
+
+
+@gin.configurable
+class Runtime:
+  """Devices and numerics: the tf.distribute strategy and precision."""
+
+  def __init__(self,
+               distribution_strategy: str = 'auto',
+               tpu: Optional[str] = None,
+               num_gpus: Optional[int] = None,
+               mixed_precision: Optional[str] = None,
+               deterministic: bool = False):
+    self.distribution_strategy = distribution_strategy
+    self.tpu = tpu
+    self.num_gpus = (len(tf.config.list_physical_devices('GPU'))
+                     if num_gpus is None else num_gpus)
+    if mixed_precision not in (None, 'bfloat16', 'float16'):
+      raise UserError(f"Runtime.mixed_precision = {mixed_precision!r}; use None, "
+                      "'bfloat16' or 'float16'.")
+    self.mixed_precision = mixed_precision
+    self.deterministic = deterministic
+
+  def strategy(self) -> tf.distribute.Strategy:
+    name = self.distribution_strategy
+    if name == 'auto':
+      name = 'tpu' if self.tpu else (
+          'mirrored' if self.num_gpus > 1 else 'one_device')
+    try:
+      return distribute_utils.get_distribution_strategy(
+          distribution_strategy=name, num_gpus=self.num_gpus,
+          tpu_address=self.tpu)
+    except ValueError as e:
+      raise UserError(f'Runtime.distribution_strategy = {name!r} could not be '
+                      f'built: {e}') from None
+
+  def runtime_config(self) -> cfg.RuntimeConfig:
+    return cfg.RuntimeConfig(distribution_strategy=self.distribution_strategy,
+                             num_gpus=self.num_gpus, tpu=self.tpu,
+                             mixed_precision_dtype=self.mixed_precision)

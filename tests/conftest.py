@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny gin configs on the embedded MNIST data (offline).
+
+Every run here uses a few hundred images, 4-8 channel CNNs and a handful of
+steps, so a whole teacher -> student chain costs seconds on a 2-core CPU.
+"""
+
+import os
+import textwrap
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import gin  # noqa: E402
+import pytest  # noqa: E402
+
+from fmx import registry  # noqa: E402
+
+# Parametrised tests enumerate the registries at collection time.
+registry.load_all_entries()
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY_DATA = """
+Data.train_dataset = 'mnist_embedded'
+Data.eval_dataset = 'mnist_embedded'
+Data.train_split = 'train[:256]'
+Data.eval_split = 'train[256:320]'
+Data.test_split = 'test[:100]'
+Data.image_size = 16
+Data.train_augmentations = ['random_translate', 'resize']
+Data.eval_augmentations = ['resize']
+Data.shuffle_buffer = 64
+Runtime.distribution_strategy = 'one_device'
+Runtime.deterministic = True
+Training.global_batch_size = 16
+Training.eval_batch_size = 32
+Training.steps_per_loop = 4
+Training.evals = 1
+Optimizer.name = 'adamw'
+Optimizer.learning_rate = 3e-3
+Optimizer.warmup_steps = 2
+"""
+
+
+def tiny_teacher_gin(model_dir: str, epochs: float = 0.5) -> str:
+  return TINY_DATA + textwrap.dedent(f"""
+      Experiment.task = 'teacher'
+      Experiment.model_dir = '{model_dir}'
+      teacher.backbone = 'simple_cnn'
+      teacher/backbones.simple_cnn.widths = (8, 16)
+      teacher/backbones.simple_cnn.convs_per_stage = 1
+      Data.mixup = None
+      Training.epochs = {epochs}
+      """)
+
+
+def tiny_student_gin(model_dir: str, teacher_dir: str, teacher_gin: str = '',
+                     epochs: float = 0.5, mixup: str = 'mixup_roll') -> str:
+  teacher_gin_line = (f"distillation.teacher_gin = '{teacher_gin}'"
+                      if teacher_gin else '')
+  return TINY_DATA + textwrap.dedent(f"""
+      Experiment.task = 'distillation'
+      Experiment.model_dir = '{model_dir}'
+      distillation.student = 'simple_cnn'
+      distillation.teacher_run = '{teacher_dir}'
+      {teacher_gin_line}
+      student/backbones.simple_cnn.widths = (4, 8)
+      student/backbones.simple_cnn.convs_per_stage = 1
+      losses.kl.temperature = 2.0
+      Data.mixup = '{mixup}'
+      Training.epochs = {epochs}
+      """)
+
+
+def write(path, text: str) -> str:
+  with open(path, 'w') as f:
+    f.write(text)
+  return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gin():
+  """gin is global: every test starts from (and leaves) an empty config."""
+  registry.load_all_entries()
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+@pytest.fixture(scope='session')
+def trained_teacher(tmp_path_factory):
+  """A finished tiny teacher run, shared by the distillation tests."""
+  from fmx.training import run  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('teacher')
+  model_dir = str(root / 'run')
+  gin_file = write(root / 'teacher.gin', tiny_teacher_gin(model_dir))
+  results = run.run([gin_file])
+  gin.clear_config()
+  return model_dir, gin_file, results

@@ -1,0 +1,95 @@
+"""The distillation step's invariants, checked on the step itself.
+
+Teacher untouched, student changed, loss finite, labels unused, and teacher
+and student fed the very same pixels.
+"""
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+from official.core import config_definitions as cfg
+
+from conftest import tiny_student_gin
+from fmx.tasks.distillation import DistillationTask
+from fmx.training.settings import Optimizer
+
+
+class Recorder(tf_keras.Model):
+  """Wraps a model and keeps (a copy of) every input it is called with."""
+
+  def __init__(self, inner):
+    super().__init__()
+    self.inner = inner
+    self.seen = []
+
+  def call(self, images, training=False):
+    self.seen.append(np.array(images))
+    return self.inner(images, training=training)
+
+
+def _task(teacher_dir, tmp_path, mixup='mixup_roll'):
+  gin.parse_config(tiny_student_gin(str(tmp_path / 'student'), teacher_dir,
+                                    mixup=mixup))
+  tf_keras.utils.set_random_seed(0)
+  task = DistillationTask(params=cfg.TaskConfig())
+  student = task.build_model()
+  optimizer = task.create_optimizer(Optimizer().config(train_steps=10))
+  return task, student, optimizer
+
+
+def _batches(task, count, batch_size=16):
+  dataset = task.build_inputs(cfg.DataConfig(is_training=True,
+                                             global_batch_size=batch_size))
+  return list(dataset.take(count))
+
+
+def test_step_trains_student_only_with_finite_loss(trained_teacher, tmp_path):
+  task, student, optimizer = _task(trained_teacher[0], tmp_path)
+  teacher_before = [w.copy() for w in task.teacher.get_weights()]
+  student_before = [w.copy() for w in student.get_weights()]
+  metrics = task.build_metrics(training=True)
+  for batch in _batches(task, 3):
+    logs = task.train_step(batch, student, optimizer, metrics)
+    assert np.isfinite(float(logs['loss']))
+  for before, after in zip(teacher_before, task.teacher.get_weights()):
+    np.testing.assert_array_equal(before, after)  # bit-identical, BN stats too
+  changed = [not np.array_equal(b, a)
+             for b, a in zip(student_before, student.get_weights())]
+  assert all(changed[:2]) and sum(changed) > len(changed) // 2
+  assert not task.teacher.trainable_weights
+
+
+@pytest.mark.parametrize('mixup', ['mixup_roll', 'mixup_reverse', 'None'])
+def test_teacher_and_student_see_identical_pixels(trained_teacher, tmp_path, mixup):
+  task, student, optimizer = _task(
+      trained_teacher[0], tmp_path,
+      mixup=mixup if mixup != 'None' else 'mixup_roll')
+  if mixup == 'None':
+    task.data.mixup = None
+  task.teacher, student_recorder = Recorder(task.teacher), Recorder(student)
+  batch = _batches(task, 1)[0]
+  task.train_step(batch, student_recorder, optimizer, metrics=[])
+  assert len(task.teacher.seen) == 1 and len(student_recorder.seen) == 1
+  np.testing.assert_array_equal(task.teacher.seen[0], student_recorder.seen[0])
+  np.testing.assert_array_equal(task.teacher.seen[0], batch['image'].numpy())
+
+
+def _loss_trajectory(teacher_dir, tmp_path, shuffle_labels):
+  gin.clear_config()
+  task, student, optimizer = _task(teacher_dir, tmp_path)
+  losses = []
+  rng = np.random.RandomState(0)
+  for batch in _batches(task, 4):
+    if shuffle_labels:
+      batch = dict(batch, label=tf.constant(rng.permutation(batch['label'].numpy())))
+    losses.append(float(task.train_step(batch, student, optimizer, [])['loss']))
+  return losses
+
+
+def test_labels_are_unused(trained_teacher, tmp_path):
+  plain = _loss_trajectory(trained_teacher[0], tmp_path, shuffle_labels=False)
+  shuffled = _loss_trajectory(trained_teacher[0], tmp_path, shuffle_labels=True)
+  assert plain == shuffled
+  assert len(set(plain)) > 1, 'the loss should move as the student trains'

@@ -1,0 +1,93 @@
+"""Whole runs through `fmx run`: teacher, distillation, teacher-first, resume."""
+
+import hashlib
+import json
+import logging
+import os
+
+from conftest import tiny_student_gin, tiny_teacher_gin, write
+from fmx import cli
+from fmx.training import run
+
+
+def _digest(folder):
+  digest = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      with open(os.path.join(root, name), 'rb') as f:
+        digest[os.path.relpath(os.path.join(root, name), folder)] = hashlib.md5(
+            f.read()).hexdigest()
+  return digest
+
+
+def test_teacher_run_writes_results_config_and_checkpoint(trained_teacher):
+  model_dir, _, results = trained_teacher
+  on_disk = json.load(open(os.path.join(model_dir, 'results.json')))
+  assert on_disk == results
+  assert 0.0 <= results['top1'] <= 1.0 and results['params'] > 0
+  assert results['global_step'] == results['train_steps'] == 8  # 0.5 x 256 / 16
+  assert os.path.exists(os.path.join(model_dir, 'model.json'))
+  config = open(os.path.join(model_dir, 'operative_config.gin')).read()
+  assert "teacher.backbone = 'simple_cnn'" in config
+  assert 'Training.epochs = 0.5' in config
+  assert any(f.startswith('ckpt-8') for f in os.listdir(model_dir))
+
+
+def test_distillation_run_leaves_teacher_run_untouched(trained_teacher, tmp_path, capsys):
+  teacher_dir = trained_teacher[0]
+  before = _digest(teacher_dir)
+  model_dir = str(tmp_path / 'student')
+  gin_file = write(tmp_path / 'student.gin', tiny_student_gin(model_dir, teacher_dir))
+  assert cli.main(['run', '--gin', gin_file]) == 0
+  assert _digest(teacher_dir) == before
+  results = json.load(open(os.path.join(model_dir, 'results.json')))
+  for key in ('student_top1', 'teacher_top1', 'agreement', 'student_params',
+              'teacher_params', 'kl'):
+    assert key in results
+  assert results['teacher_top1'] == trained_teacher[2]['top1']
+  assert results['student_params'] < results['teacher_params']
+  table = capsys.readouterr().out
+  assert 'agreement' in table and 'compression' in table
+  # Only the student is checkpointed: no teacher variables in it.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  names = [n for n, _ in tf.train.list_variables(tf.train.latest_checkpoint(model_dir))]
+  assert names and not any('teacher' in n for n in names)
+
+
+def test_unfinished_teacher_is_trained_first_then_reused(tmp_path, capsys):
+  teacher_dir = str(tmp_path / 'teacher')
+  teacher_gin = write(tmp_path / 'teacher.gin', tiny_teacher_gin(teacher_dir, epochs=0.25))
+  student_gin = write(tmp_path / 'student.gin', tiny_student_gin(
+      str(tmp_path / 'student'), teacher_dir, teacher_gin=teacher_gin, epochs=0.25))
+  assert cli.main(['run', '--gin', student_gin]) == 0
+  assert 'training it first' in capsys.readouterr().out
+  assert os.path.exists(os.path.join(teacher_dir, 'results.json'))
+  before = _digest(teacher_dir)
+  assert cli.main(['run', '--gin', student_gin, '--model_dir',
+                   str(tmp_path / 'student2')]) == 0
+  assert 'training it first' not in capsys.readouterr().out
+  assert _digest(teacher_dir) == before
+
+
+def test_missing_teacher_without_gin_is_a_clear_error(tmp_path, capsys):
+  student_gin = write(tmp_path / 'student.gin', tiny_student_gin(
+      str(tmp_path / 'student'), str(tmp_path / 'no_teacher')))
+  assert cli.main(['run', '--gin', student_gin]) == cli.EXIT_USER_ERROR
+  err = capsys.readouterr().err
+  assert 'has no finished checkpoint' in err and 'no_teacher' in err
+
+
+def test_second_run_resumes_from_checkpoint(trained_teacher, tmp_path, caplog):
+  model_dir = str(tmp_path / 'student')
+  gin_file = write(tmp_path / 'student.gin',
+                   tiny_student_gin(model_dir, trained_teacher[0], epochs=0.5))
+  first = run.run([gin_file])
+  assert first['global_step'] == 8
+  with caplog.at_level(logging.INFO, logger='absl'):  # Orbit logs via absl
+    second = run.run([gin_file], bindings=['Training.epochs = 1.0'])
+  assert any('restored from checkpoint' in r.getMessage() and 'ckpt-8' in r.getMessage()
+             for r in caplog.records)
+  assert second['global_step'] == 16
+  steps = sorted(int(f.split('-')[1].split('.')[0]) for f in os.listdir(model_dir)
+                 if f.startswith('ckpt-') and f.endswith('.index'))
+  assert steps[-1] == 16 and 8 in steps
