@@ -6,6 +6,7 @@ trace is only shown for fmx's own bugs (or with --traceback).
 
 import argparse
 import os
+import subprocess
 import sys
 from typing import List, Optional
 
@@ -34,13 +35,55 @@ def _parser() -> argparse.ArgumentParser:
   run.add_argument('--model_dir', help='run folder (default: Experiment.model_dir)')
   run.add_argument('--verbose', action='store_true', help='show TF/Orbit logs')
 
+  evaluate = commands.add_parser(
+      'eval', help="evaluate a run's latest checkpoint on a split of its data")
+  evaluate.add_argument('--model_dir', required=True, help='the run folder')
+  evaluate.add_argument('--split', help="split of the run's eval dataset, e.g. "
+                        "'test' or 'train[90%%:]' (default: its test split)")
+
+  grid = commands.add_parser('grid', help='run the cartesian product of gin values')
+  grid.add_argument('--gin', action='append', required=True, metavar='FILE',
+                    help='base gin file(s); may declare Grid.axes')
+  grid.add_argument('--axis', action='append', default=[],
+                    metavar='"KEY = [v1, v2]"', help='an axis; repeat for more')
+  grid.add_argument('--bind', action='append', default=[], metavar="'KEY = VALUE'",
+                    help='gin binding applied to every point')
+  grid.add_argument('--root', required=True, help='folder holding one run per point')
+  grid.add_argument('--parallel', type=int, default=1,
+                    help='points run at once, each with its share of the cores')
+
+  compare = commands.add_parser(
+      'compare', help='table and plots of runs grouped over seeds')
+  compare.add_argument('folders', nargs='+', help='grid roots or run folders')
+  compare.add_argument('--plot', help='PNG path (default: FIRST_FOLDER/compare.png)')
+
+  board = commands.add_parser('tensorboard', help='start TensorBoard on a folder')
+  board.add_argument('folder', help='a run folder or grid root')
+  board.add_argument('--port', type=int, default=6006)
+
+  inspect_data = commands.add_parser(
+      'inspect-data', help='picture one augmented training batch, with its '
+      'MixUp pairs, coefficient and crop areas')
+  inspect_data.add_argument('--gin', action='append', required=True,
+                            metavar='FILE', help='gin file; repeat to compose')
+  inspect_data.add_argument('--bind', action='append', default=[],
+                            metavar="'KEY = VALUE'",
+                            help='gin binding applied after the files')
+  inspect_data.add_argument('--out', default='inspect_data.png',
+                            help='PNG grid to write (default: %(default)s)')
+  inspect_data.add_argument('--batch_size', type=int,
+                            help="images in the batch (default: "
+                            "Training.global_batch_size; give one replica's "
+                            'share to see its MixUp pairs)')
+
   listing = commands.add_parser('list', help='list registry entries')
   listing.add_argument('kind', nargs='?', help='datasets, backbones, '
                        'augmentations, losses or tasks (default: all)')
   return parser
 
 
-def _list(kind: Optional[str]) -> None:
+def _list(args) -> None:
+  kind = args.kind
   from fmx import registry  # pylint: disable=g-import-not-at-top
   from fmx.errors import UserError  # pylint: disable=g-import-not-at-top
   registry.load_all_entries()
@@ -58,12 +101,68 @@ def _run(args) -> None:
     from absl import logging  # pylint: disable=g-import-not-at-top
     import orbit.controller  # pylint: disable=g-import-not-at-top
     logging.set_verbosity(logging.WARNING)
+    # TF's Python warnings (deprecations, deferred checkpoint restores of
+    # optimizer hyperparameters) mean nothing to a user; --verbose shows them.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.get_logger().setLevel('ERROR')
     # Orbit's controller print()s every loop's metrics besides logging them;
     # the progress bar and eval lines already show them. --verbose restores it.
     orbit.controller._log = logging.info  # pylint: disable=protected-access
   from fmx.training import run  # pylint: disable=g-import-not-at-top
   results = run.run(args.gin, args.bind, args.model_dir)
   print(run.format_results(results))
+
+
+def _eval(args) -> None:
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  from fmx.training import evaluate, run  # pylint: disable=g-import-not-at-top
+  results = evaluate.evaluate_run(args.model_dir, args.split)
+  print(run.format_results(results))
+  print(f'written to {results["written_to"]}')
+
+
+def _grid(args) -> int:
+  from fmx import grid  # pylint: disable=g-import-not-at-top
+  axes = grid.axes_from_files(args.gin)
+  for text in args.axis:
+    axes.update(grid.parse_axis(text))
+  outcomes = grid.run_grid(args.gin, axes, args.root, args.parallel, args.bind)
+  print(grid.format_summary(outcomes))
+  print(f'compare with: fmx compare {args.root}   or   fmx tensorboard {args.root}')
+  return 1 if any(o.status == 'failed' for o in outcomes) else 0
+
+
+def _compare(args) -> None:
+  from fmx import compare  # pylint: disable=g-import-not-at-top
+  groups = compare.summarize(args.folders)
+  print(compare.format_table(groups))
+  plot = compare.plot_curves(
+      groups, args.plot or os.path.join(args.folders[0], 'compare.png'))
+  print(f'curves: {plot}')
+
+
+def _tensorboard(args) -> int:
+  from fmx.errors import UserError  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(args.folder):
+    raise UserError(f'{args.folder!r} is not a folder; pass a run folder or grid root.')
+  command = [sys.executable, '-m', 'tensorboard.main', '--logdir', args.folder,
+             '--port', str(args.port)]
+  print(' '.join(command), flush=True)
+  return subprocess.call(command)
+
+
+def _inspect_data(args) -> None:
+  from fmx import inspect_data  # pylint: disable=g-import-not-at-top
+  stats = inspect_data.inspect_data(args.gin, args.bind, args.out,
+                                    args.batch_size)
+  print(inspect_data.describe(stats))
+  print(f'grid: {args.out}')
+
+
+COMMANDS = {'run': _run, 'eval': _eval, 'list': _list, 'grid': _grid,
+            'compare': _compare, 'tensorboard': _tensorboard,
+            'inspect-data': _inspect_data}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -73,11 +172,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   from fmx.errors import UserError  # pylint: disable=g-import-not-at-top
   from fmx.registry import UnknownEntryError  # pylint: disable=g-import-not-at-top
   try:
-    if args.command == 'list':
-      _list(args.kind)
-    else:
-      _run(args)
-    return 0
+    return COMMANDS[args.command](args) or 0
   except KeyboardInterrupt:
     print('\nfmx: interrupted; rerun the same command to resume from the last '
           'checkpoint.', file=sys.stderr)

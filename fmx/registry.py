@@ -107,6 +107,7 @@ def load_all_entries() -> None:
   import fmx.augmentations  # noqa: F401
   import fmx.backbones  # noqa: F401
   import fmx.data  # noqa: F401
+  import fmx.grid  # noqa: F401  (Grid.axes may sit in any gin file)
   import fmx.losses  # noqa: F401
   import fmx.tasks  # noqa: F401
   import fmx.training  # noqa: F401

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from scipy import special
+from scipy import special, stats
 
 from fmx.registry import LOSSES
 
@@ -25,6 +25,52 @@ def test_kl_matches_scipy(temperature, scaled):
   got = LOSSES.get('kl')(teacher, student, temperature=temperature,
                          scale_by_temperature_squared=scaled).numpy()
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def _softmax(logits, temperature=1.0):
+  return special.softmax(logits.astype(np.float64) / temperature, axis=-1)
+
+
+def _log_softmax(logits, temperature=1.0):
+  return special.log_softmax(logits.astype(np.float64) / temperature, axis=-1)
+
+
+@pytest.mark.parametrize('temperature', [1.0, 4.0])
+def test_soft_cross_entropy_matches_scipy_entropy_plus_kl(temperature):
+  teacher, student = _logits(seed=2), _logits(seed=3)
+  p, q = _softmax(teacher, temperature), _softmax(student, temperature)
+  # H(p, q) = H(p) + KL(p || q), computed by scipy independently.
+  expected = stats.entropy(p, axis=-1) + stats.entropy(p, q, axis=-1)
+  got = LOSSES.get('soft_cross_entropy')(teacher, student,
+                                         temperature=temperature).numpy()
+  np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize('smoothing', [0.0, 0.1])
+def test_hard_is_cross_entropy_on_teacher_argmax(smoothing):
+  teacher, student = _logits(seed=4), _logits(seed=5)
+  targets = np.eye(10)[teacher.argmax(-1)] * (1 - smoothing) + smoothing / 10
+  expected = -(targets * _log_softmax(student)).sum(-1)
+  got = LOSSES.get('hard')(teacher, student, label_smoothing=smoothing).numpy()
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_mse_losses_match_numpy():
+  teacher, student = _logits(seed=6), _logits(seed=7)
+  np.testing.assert_allclose(LOSSES.get('mse_logits')(teacher, student).numpy(),
+                             ((student - teacher) ** 2).mean(-1), rtol=1e-5)
+  np.testing.assert_allclose(
+      LOSSES.get('mse_log_softmax')(teacher, student).numpy(),
+      ((_log_softmax(student) - _log_softmax(teacher)) ** 2).mean(-1), rtol=1e-4)
+
+
+@pytest.mark.parametrize('name', DISTILLATION_LOSSES)
+def test_distillation_loss_is_minimal_when_student_matches_teacher(name):
+  if name == 'hard':
+    pytest.skip('hard targets reward a student sharper than the teacher')
+  teacher, other = _logits(seed=8), _logits(seed=9)
+  loss = LOSSES.get(name)
+  assert np.all(loss(teacher, teacher).numpy() <= loss(teacher, other).numpy() + 1e-6)
 
 
 def test_kl_is_zero_for_identical_outputs():

@@ -77,7 +77,7 @@ def test_missing_teacher_without_gin_is_a_clear_error(tmp_path, capsys):
   assert 'has no finished checkpoint' in err and 'no_teacher' in err
 
 
-def test_second_run_resumes_from_checkpoint(trained_teacher, tmp_path, caplog):
+def test_second_run_resumes_from_checkpoint(trained_teacher, tmp_path, caplog, capsys):
   model_dir = str(tmp_path / 'student')
   gin_file = write(tmp_path / 'student.gin',
                    tiny_student_gin(model_dir, trained_teacher[0], epochs=0.5))
@@ -87,6 +87,7 @@ def test_second_run_resumes_from_checkpoint(trained_teacher, tmp_path, caplog):
     second = run.run([gin_file], bindings=['Training.epochs = 1.0'])
   assert any('restored from checkpoint' in r.getMessage() and 'ckpt-8' in r.getMessage()
              for r in caplog.records)
+  assert 'resuming from the checkpoint at step 8' in capsys.readouterr().out
   assert second['global_step'] == 16
   steps = sorted(int(f.split('-')[1].split('.')[0]) for f in os.listdir(model_dir)
                  if f.startswith('ckpt-') and f.endswith('.index'))

@@ -28,6 +28,8 @@ class ProgressBar:
     self._global_step = global_step
     self._last_step = int(global_step.numpy())
     self._last_time = time.perf_counter()
+    if self._last_step:
+      tqdm.tqdm.write(f'resuming from the checkpoint at step {self._last_step}')
     self._writer = tf.summary.create_file_writer(self._summary_dir)
     self._bar = tqdm.tqdm(total=self._total_steps, initial=self._last_step,
                           desc=self._description, unit='step',

@@ -7,6 +7,7 @@ A distillation run naming a teacher run that has not finished trains that
 teacher first, from the teacher's own gin file, then carries on.
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -15,6 +16,7 @@ from typing import Optional, Sequence
 import gin
 import tensorflow as tf
 import tf_keras
+from official.core import base_task
 from official.core import config_definitions as cfg
 from official.core import train_lib
 
@@ -33,35 +35,50 @@ def run(gin_files: Sequence[str], bindings: Sequence[str] = (),
         model_dir: Optional[str] = None) -> dict:
   """Parses the config, trains (or resumes) and returns results.json's content."""
   gin_config.parse(gin_files, bindings)
+  if Experiment().task == 'distillation':
+    _train_teacher_if_needed()
+    # The teacher run replaced the config; parsing again also restarts gin's
+    # record of used values, so the operative config is this run's alone.
+    gin_config.parse(gin_files, bindings)
   experiment = Experiment()
   model_dir = model_dir or experiment.model_dir
   if not model_dir:
     raise UserError('no model_dir: pass --model_dir DIR or set '
                     "Experiment.model_dir = '...' in the gin file.")
-  if experiment.task == 'distillation':
-    _train_teacher_if_needed()
-    gin_config.parse(gin_files, bindings)  # the teacher run replaced the config
   return train_and_evaluate(experiment.task, model_dir)
 
 
 def _train_teacher_if_needed() -> None:
-  try:
-    run_dir = gin.query_parameter('distillation.teacher_run')
-    teacher_gin = gin.query_parameter('distillation.teacher_gin')
-  except ValueError:
-    return  # not set: the task names the missing value
-  if teacher_run.is_finished(run_dir) or not teacher_gin:
-    return  # finished, or the task will say how to train it
+  def bound(name):
+    try:
+      return gin.query_parameter(f'distillation.{name}')
+    except ValueError:
+      return None  # not set
+
+  run_dir, teacher_gin = bound('teacher_run'), bound('teacher_gin')
+  if not run_dir or not teacher_gin or bound('teacher_saved_model'):
+    return  # no teacher run to train, or the task says what is wrong
+  if teacher_run.is_finished(run_dir):
+    return
   print(f'Teacher run {run_dir} has no finished checkpoint: training it first '
         f'with {teacher_gin}.', flush=True)
   run([teacher_gin], model_dir=run_dir)
 
 
-def train_and_evaluate(task_name: str, model_dir: str) -> dict:
-  """Trains the configured task into model_dir; resumes if it has a checkpoint."""
+@dataclasses.dataclass
+class Setup:
+  """Everything a run builds from gin before Model Garden's trainer."""
+  task_name: str  # the TASKS entry: 'teacher' or 'distillation'
+  task: base_task.Task
+  strategy: tf.distribute.Strategy
+  params: cfg.ExperimentConfig
+  train_steps: int
+
+
+def build_setup(task_name: str, model_dir: str) -> Setup:
+  """Strategy, task and Model Garden config from the parsed gin config."""
   task_cls = TASKS.get(task_name)
   runtime, training, optimizer = Runtime(), Training(), Optimizer()
-  _prepare_model_dir(model_dir)
   if runtime.mixed_precision:
     tf_keras.mixed_precision.set_global_policy(
         'mixed_bfloat16' if runtime.mixed_precision == 'bfloat16' else 'mixed_float16')
@@ -69,7 +86,6 @@ def train_and_evaluate(task_name: str, model_dir: str) -> dict:
   if runtime.deterministic:
     tf.config.experimental.enable_op_determinism()
   strategy = runtime.strategy()
-
   task_config = cfg.TaskConfig(
       train_data=cfg.DataConfig(is_training=True,
                                 global_batch_size=training.global_batch_size),
@@ -81,8 +97,16 @@ def train_and_evaluate(task_name: str, model_dir: str) -> dict:
       task=task_config,
       trainer=training.trainer_config(train_steps, optimizer.config(train_steps)),
       runtime=runtime.runtime_config())
+  return Setup(task_name, task, strategy, params, train_steps)
 
-  bar = progress.ProgressBar(train_steps, training.global_batch_size,
+
+def train_and_evaluate(task_name: str, model_dir: str) -> dict:
+  """Trains the configured task into model_dir; resumes if it has a checkpoint."""
+  _prepare_model_dir(model_dir)
+  setup = build_setup(task_name, model_dir)
+  task, strategy, params = setup.task, setup.strategy, setup.params
+  bar = progress.ProgressBar(setup.train_steps,
+                             params.task.train_data.global_batch_size,
                              os.path.join(model_dir, 'train'),
                              description=f'{task_name} {os.path.basename(model_dir)}')
   runner = train_lib.OrbitExperimentRunner(
@@ -102,36 +126,46 @@ def train_and_evaluate(task_name: str, model_dir: str) -> dict:
   # count FLOPs, which costs ~20 s and prints TF1 warnings on every run.
   with strategy.scope():
     runner.controller.train_and_evaluate(
-        train_steps=train_steps, eval_steps=-1,
+        train_steps=setup.train_steps, eval_steps=-1,
         eval_interval=params.trainer.validation_interval)
   bar.close()
   train_seconds = time.perf_counter() - start
 
-  results = _final_test_evaluation(task, trainer, strategy, training, model_dir)
-  results.update(
-      task=task_name, global_step=int(trainer.global_step.numpy()),
-      train_steps=train_steps, train_seconds=round(train_seconds, 1),
-      test_split=f'{task.data.eval_dataset}:{task.data.test_split}')
-  results.update(_param_counts(task, trainer.model))
+  results = evaluate_split(setup, trainer, TEST_SPLIT,
+                           summary_dir=os.path.join(model_dir, 'test'))
+  results.update(train_seconds=round(train_seconds, 1))
   # results.json marks the run finished: write it last, atomically.
-  _write_text(os.path.join(model_dir, teacher_run.RESULTS_FILE),
+  write_text(os.path.join(model_dir, teacher_run.RESULTS_FILE),
               json.dumps(results, indent=2, sort_keys=True) + '\n')
   return results
 
 
-def _final_test_evaluation(task, trainer, strategy, training, model_dir) -> dict:
-  """Evaluates the final model on the held-out test split."""
-  test_config = cfg.DataConfig(is_training=False, input_path=TEST_SPLIT,
-                               global_batch_size=training.eval_batch_size)
-  trainer.eval_dataset = trainer.distribute_dataset(task.build_inputs, test_config)
-  with strategy.scope():
+def evaluate_split(setup: Setup, trainer, split: str,
+                   summary_dir: Optional[str] = None) -> dict:
+  """Evaluates the trainer's model on one split ('eval' or 'test') of the task.
+
+  Every example is counted once: the eval pipeline makes one pass and keeps
+  the smaller last batch.
+  """
+  task = setup.task
+  config = cfg.DataConfig(is_training=False, input_path=split,
+                          global_batch_size=setup.params.task.validation_data.global_batch_size)
+  trainer.eval_dataset = trainer.distribute_dataset(task.build_inputs, config)
+  with setup.strategy.scope():
     logs = trainer.evaluate(tf.constant(-1, tf.int32))
-  writer = tf.summary.create_file_writer(os.path.join(model_dir, 'test'))
-  with writer.as_default(step=int(trainer.global_step.numpy())):
-    for name, value in logs.items():
-      tf.summary.scalar(name, value)
-  writer.flush()
-  return task.results(logs)
+  step = int(trainer.global_step.numpy())
+  if summary_dir:
+    writer = tf.summary.create_file_writer(summary_dir)
+    with writer.as_default(step=step):
+      for name, value in logs.items():
+        tf.summary.scalar(name, value)
+    writer.flush()
+  results = task.results(logs)
+  split_name = task.data.test_split if split == TEST_SPLIT else task.data.eval_split
+  results.update(task=setup.task_name, global_step=step, train_steps=setup.train_steps,
+                 test_split=f'{task.data.eval_dataset}:{split_name}')
+  results.update(_param_counts(task, trainer.model))
+  return results
 
 
 def _param_counts(task, model) -> dict:
@@ -146,7 +180,7 @@ def _prepare_model_dir(model_dir: str) -> None:
   try:
     tf.io.gfile.makedirs(model_dir)
     probe = os.path.join(model_dir, '.fmx_write_test')
-    _write_text(probe, '')
+    write_text(probe, '')
     tf.io.gfile.remove(probe)
   except (tf.errors.OpError, OSError) as e:
     raise UserError(f'model_dir {model_dir!r} is not writable ({e}); choose '
@@ -163,10 +197,10 @@ def _write_operative_config(model_dir: str, config: str) -> None:
       stamp = time.strftime('%Y%m%d-%H%M%S')
       tf.io.gfile.rename(path, path.replace('.gin', f'.before-{stamp}.gin'),
                          overwrite=True)
-  _write_text(path, config)
+  write_text(path, config)
 
 
-def _write_text(path: str, text: str) -> None:
+def write_text(path: str, text: str) -> None:
   """Writes via a temporary file and a rename, so a kill never leaves half a file."""
   tmp = path + '.tmp'
   with tf.io.gfile.GFile(tmp, 'w') as f:
@@ -189,6 +223,7 @@ def format_results(results: dict) -> str:
   widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(len(rows[0]))]
   lines = ['  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
            for row in rows]
-  lines.append(f'({results["test_split"]}, step {results["global_step"]}, '
-               f'{results["train_seconds"]:.0f} s of training)')
+  trained = (f', {results["train_seconds"]:.0f} s of training'
+             if 'train_seconds' in results else '')
+  lines.append(f'({results["test_split"]}, step {results["global_step"]}{trained})')
   return '\n'.join(lines)

@@ -58,7 +58,8 @@ class Training:
     # Orbit only checkpoints and summarises at loop boundaries, so every
     # interval is a multiple of steps_per_loop.
     loop = max(1, min(self.steps_per_loop, train_steps))
-    eval_interval = loop * max(1, round(train_steps / max(1, self.evals) / loop))
+    # Rounded up, so the last interval ends at train_steps (no extra eval).
+    eval_interval = loop * max(1, math.ceil(train_steps / max(1, self.evals) / loop))
     return cfg.TrainerConfig(
         optimizer_config=optimizer,
         train_steps=train_steps,
@@ -74,9 +75,13 @@ class Training:
 class Optimizer:
   """An optimiser + linear warmup + cosine decay, via Model Garden.
 
-  `name`: 'adamw' (original recipe: decoupled weight decay, global clip norm),
-  'adam' or 'sgd' (momentum). The cosine decay lasts exactly the run's
-  train_steps, so the schedule ends at the last step actually run.
+  `name`: 'adamw' (Model Garden's AdamWeightDecay: decoupled weight decay of
+  lr * weight_decay per step, global clip norm), 'adam' or 'sgd' (momentum).
+  `weight_decay_on` restricts decay to variables whose names match one of its
+  regexes, e.g. ['kernel'] for the official recipe's kernels-only decay. The
+  cosine decay lasts exactly the run's train_steps, so the schedule ends at
+  the last step actually run (the original code's ended early and trained
+  its tail at lr 0).
   """
 
   def __init__(self,
@@ -100,23 +105,30 @@ class Optimizer:
   def config(self, train_steps: int) -> optimization_config.OptimizationConfig:
     if self.name == 'adamw':
       optimizer = {'weight_decay_rate': self.weight_decay,
-                   'gradient_clip_norm': self.clipnorm or 0.0,
-                   'include_in_weight_decay': self.weight_decay_on}
+                   'gradient_clip_norm': self.clipnorm or 0.0}
+      if self.weight_decay_on:
+        # Model Garden decays every variable not excluded, even with an
+        # include list: exclude everything the include list does not name.
+        optimizer.update(include_in_weight_decay=self.weight_decay_on,
+                         exclude_from_weight_decay=['.*'])
     elif self.name == 'adam':
       optimizer = {'global_clipnorm': self.clipnorm}
     else:
       optimizer = {'momentum': self.momentum, 'global_clipnorm': self.clipnorm}
+    # Short runs (tests, dry runs) get a warmup that still leaves room to decay.
+    warmup = min(self.warmup_steps, train_steps // 2)
     if self.decay == 'cosine':
+      # The cosine starts at the end of warmup (offset): Model Garden's warmup
+      # ramps up to the schedule's value at warmup_steps, which is then the
+      # peak learning rate itself, and the decay ends exactly at train_steps.
       learning_rate = {'type': 'cosine', 'cosine': {
           'initial_learning_rate': self.learning_rate,
-          'decay_steps': train_steps}}
+          'decay_steps': train_steps - warmup, 'offset': warmup}}
     else:
       learning_rate = {'type': 'constant', 'constant': {
           'learning_rate': self.learning_rate}}
     config = {'optimizer': {'type': self.name, self.name: optimizer},
               'learning_rate': learning_rate}
-    # Short runs (tests, dry runs) get a warmup that still leaves room to decay.
-    warmup = min(self.warmup_steps, train_steps // 2)
     if warmup:
       config['warmup'] = {'type': 'linear', 'linear': {'warmup_steps': warmup}}
     return optimization_config.OptimizationConfig(config)
@@ -131,7 +143,8 @@ class Runtime:
                tpu: Optional[str] = None,
                num_gpus: Optional[int] = None,
                mixed_precision: Optional[str] = None,
-               deterministic: bool = False):
+               deterministic: bool = False,
+               intra_op_threads: Optional[int] = None):
     self.distribution_strategy = distribution_strategy
     self.tpu = tpu
     self.num_gpus = (len(tf.config.list_physical_devices('GPU'))
@@ -141,6 +154,14 @@ class Runtime:
                       "'bfloat16' or 'float16'.")
     self.mixed_precision = mixed_precision
     self.deterministic = deterministic
+    if intra_op_threads:
+      # Set by `fmx grid --parallel N`, so N runs share the cores instead of
+      # each starting one thread per core. Must precede any TF op.
+      try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(intra_op_threads)
+      except RuntimeError:
+        pass  # TF already started in this process (teacher trained first)
 
   def strategy(self) -> tf.distribute.Strategy:
     name = self.distribution_strategy

@@ -1,0 +1,215 @@
+"""`fmx grid`: the cartesian product of gin values, one run folder per point.
+
+A grid is a base gin file plus axes, each a gin key and a list of values:
+
+    fmx grid --gin experiments/demo.gin --root runs/grid \\
+        --axis "Data.mixup = ['mixup_reverse', 'mixup_roll']" \\
+        --axis "Training.seed = [0, 1, 2]"
+
+or a gin file that includes its base and declares `Grid.axes` (see
+experiments/ablations/). Every point runs as its own `fmx run` process in
+ROOT/<point name>, with its output in ROOT/<point name>/log.txt, so a point
+that fails does not stop the others, and rerunning the grid skips finished
+points (those with results.json) and resumes unfinished ones from their
+checkpoints. The root holds TensorBoard's HParams experiment config, each
+point its hparams, so the HParams dashboard compares the points.
+"""
+
+import ast
+import dataclasses
+import itertools
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import gin
+
+from fmx.errors import UserError
+
+RESULTS_FILE = 'results.json'
+LOG_FILE = 'log.txt'
+# Final metrics the HParams dashboard shows, read from each point's test/ and
+# validation/ summaries (tags as the tasks write them).
+METRICS = (('test', 'student_top1'), ('test', 'agreement'), ('test', 'top1'),
+           ('validation', 'student_top1'), ('validation', 'agreement'),
+           ('validation', 'top1'))
+
+
+@gin.configurable
+class Grid:
+  """Axes declared in a gin file: {'Data.mixup': ['mixup_roll', ...], ...}."""
+
+  def __init__(self, axes: Optional[Dict[str, Sequence]] = None):
+    self.axes = dict(axes or {})
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  values: Dict[str, object]  # gin key -> value, in axis order
+
+  @property
+  def name(self) -> str:
+    """A folder name from the values, e.g. 'mixup=mixup_roll,seed=0'."""
+    short = [key.split('.')[-1] for key in self.values]
+    keys = short if len(set(short)) == len(short) else list(self.values)
+    parts = [f'{k}={_slug(v)}' for k, v in zip(keys, self.values.values())]
+    return ','.join(parts)
+
+  @property
+  def bindings(self) -> List[str]:
+    return [f'{key} = {value!r}' for key, value in self.values.items()]
+
+
+def parse_axis(text: str) -> Dict[str, list]:
+  """"KEY = [v1, v2]" -> {KEY: [v1, v2]} (values as Python/gin literals)."""
+  key, sep, values = text.partition('=')
+  key = key.strip()
+  try:
+    parsed = ast.literal_eval(values.strip()) if sep else None
+  except (ValueError, SyntaxError):
+    parsed = None
+  if not re.fullmatch(r'[\w./]+', key) or not isinstance(parsed, (list, tuple)) \
+      or not parsed:
+    raise UserError(f"--axis {text!r} is not of the form \"KEY = [v1, v2, ...]\" "
+                    "with Python literals (quote strings: ['mixup_roll']).")
+  return {key: list(parsed)}
+
+
+def points(axes: Dict[str, Sequence]) -> List[Point]:
+  keys = list(axes)
+  return [Point(dict(zip(keys, combo)))
+          for combo in itertools.product(*(axes[k] for k in keys))]
+
+
+def axes_from_files(gin_files: Sequence[str]) -> Dict[str, list]:
+  """The `Grid.axes` a set of gin files declares, if any."""
+  from fmx import gin_config  # pylint: disable=g-import-not-at-top
+  gin_config.parse(gin_files)
+  axes = Grid().axes
+  gin.clear_config()
+  return axes
+
+
+@dataclasses.dataclass
+class Outcome:
+  point: Point
+  status: str  # 'finished' (earlier), 'done', 'failed'
+  log: str
+  seconds: float = 0.0
+
+
+def run_grid(gin_files: Sequence[str], axes: Dict[str, Sequence], root: str,
+             parallel: int = 1, extra_bindings: Sequence[str] = ()) -> List[Outcome]:
+  """Runs every unfinished point; returns one Outcome per point."""
+  if not axes:
+    raise UserError('the grid has no axes: pass --axis "KEY = [v1, v2]" or set '
+                    'Grid.axes in the gin file.')
+  grid_points = points(axes)
+  os.makedirs(root, exist_ok=True)
+  write_hparams_config(root, axes)
+  outcomes, pending = [], []
+  for point in grid_points:
+    folder = os.path.join(root, point.name)
+    if os.path.exists(os.path.join(folder, RESULTS_FILE)):
+      outcomes.append(Outcome(point, 'finished', os.path.join(folder, LOG_FILE)))
+    else:
+      pending.append(point)
+  # Points share the machine's cores: give each process its share of threads.
+  threads = max(1, (os.cpu_count() or 1) // max(1, parallel))
+  running = []
+  try:
+    while pending or running:
+      # The first point runs alone: it may train a shared teacher first,
+      # which parallel points must not all start at once.
+      first_alone = not outcomes and running
+      while pending and len(running) < max(1, parallel) and not first_alone:
+        point = pending.pop(0)
+        running.append(_start(point, gin_files, root, extra_bindings,
+                              threads if parallel > 1 else None))
+      time.sleep(0.2)
+      for job in [j for j in running if j[1].poll() is not None]:
+        running.remove(job)
+        point, process, log, start = job
+        log.close()
+        ok = process.returncode == 0
+        outcomes.append(Outcome(point, 'done' if ok else 'failed', log.name,
+                                time.time() - start))
+        print(f'{"done  " if ok else "FAILED"} {point.name} '
+              f'({time.time() - start:.0f} s){"" if ok else ": see " + log.name}',
+              flush=True)
+  finally:
+    for _, process, log, _ in running:  # interrupted: stop the children too
+      process.terminate()
+      process.wait()
+      log.close()
+  order = {p.name: i for i, p in enumerate(grid_points)}
+  return sorted(outcomes, key=lambda o: order[o.point.name])
+
+
+def _start(point: Point, gin_files, root, extra_bindings, threads):
+  folder = os.path.join(root, point.name)
+  os.makedirs(folder, exist_ok=True)
+  write_hparams(folder, point)
+  command = [sys.executable, '-m', 'fmx', 'run', '--model_dir', folder]
+  for gin_file in gin_files:
+    command += ['--gin', gin_file]
+  for binding in list(extra_bindings) + point.bindings + (
+      [f'Runtime.intra_op_threads = {threads}'] if threads else []):
+    command += ['--bind', binding]
+  log = open(os.path.join(folder, LOG_FILE), 'a')
+  log.write(f'$ {" ".join(command)}\n')
+  log.flush()
+  print(f'start  {point.name}', flush=True)
+  process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL)
+  return point, process, log, time.time()
+
+
+def _hparam_value(value):
+  return value if isinstance(value, (bool, int, float, str)) else repr(value)
+
+
+def write_hparams_config(root: str, axes: Dict[str, Sequence]) -> None:
+  """The HParams experiment at the grid root: axes as hparams, final metrics."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
+  hparams = [hp.HParam(key, hp.Discrete([_hparam_value(v) for v in values]))
+             for key, values in axes.items()]
+  metrics = [hp.Metric(tag, group=group, display_name=f'{group}/{tag}')
+             for group, tag in METRICS]
+  with tf.summary.create_file_writer(root).as_default():
+    hp.hparams_config(hparams=hparams, metrics=metrics)
+
+
+def write_hparams(folder: str, point: Point) -> None:
+  """This point's hparam values, once per folder (a resumed run keeps them)."""
+  marker = os.path.join(folder, '.hparams_written')
+  if os.path.exists(marker):
+    return
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
+  with tf.summary.create_file_writer(folder).as_default():
+    hp.hparams({k: _hparam_value(v) for k, v in point.values.items()},
+               trial_id=point.name)
+  open(marker, 'w').close()
+
+
+def format_summary(outcomes: Sequence[Outcome]) -> str:
+  lines = []
+  for status in ('finished', 'done', 'failed'):
+    chosen = [o for o in outcomes if o.status == status]
+    if not chosen:
+      continue
+    label = {'finished': 'already finished (skipped)', 'done': 'ran now',
+             'failed': 'FAILED'}[status]
+    lines.append(f'{label}: {len(chosen)}')
+    if status == 'failed':
+      lines += [f'  {o.point.name}: log {o.log}' for o in chosen]
+  return '\n'.join(lines)
+
+
+def _slug(value) -> str:
+  return re.sub(r'[^A-Za-z0-9_.+-]+', '_', str(value)).strip('_') or '_'

@@ -1,0 +1,96 @@
+"""Optimisers and schedules built from gin through Model Garden."""
+
+import math
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+from official.core import base_task
+
+from fmx.training.settings import Optimizer, Training
+
+
+def _optimizer(bindings, train_steps=100):
+  gin.parse_config(bindings)
+  return base_task.Task.create_optimizer(Optimizer().config(train_steps))
+
+
+@pytest.mark.parametrize('epochs,examples,batch', [(1000, 3312, 512), (3, 1000, 64),
+                                                   (0.5, 256, 16)])
+def test_schedule_ends_exactly_at_the_last_step(epochs, examples, batch):
+  gin.parse_config(f"""
+      Training.epochs = {epochs}
+      Training.global_batch_size = {batch}
+      Optimizer.learning_rate = 0.01
+      Optimizer.warmup_steps = 1500""")
+  steps = Training().train_steps(examples)
+  assert steps == math.ceil(epochs * examples / batch)
+  schedule = base_task.Task.create_optimizer(Optimizer().config(steps)).learning_rate
+  # Every step the run takes (0 .. steps-1) has a positive learning rate,
+  # the peak is reached, and the decay reaches 0 only at `steps`.
+  sample = np.unique(np.linspace(0, steps - 1, 200).astype(int))
+  rates = np.array([float(schedule(s)) for s in sample])
+  assert np.all(rates[1:] > 0)
+  assert math.isclose(rates.max(), 0.01, rel_tol=0.05)
+  assert float(schedule(steps)) == pytest.approx(0.0, abs=1e-9)
+  assert float(schedule(steps - 1)) > 0
+
+
+def test_warmup_is_linear_to_the_peak():
+  schedule = _optimizer("""
+      Optimizer.learning_rate = 0.01
+      Optimizer.warmup_steps = 100""", train_steps=10_000).learning_rate
+  for step in (10, 50, 99):
+    assert float(schedule(step)) == pytest.approx(0.01 * step / 100, rel=1e-3)
+
+
+def _decay_one_step(bindings):
+  optimizer = _optimizer(bindings + "\nOptimizer.decay = 'constant'")
+  kernel = tf.Variable(tf.ones([3, 3]), name='dense/kernel')
+  bias = tf.Variable(tf.ones([3]), name='dense/bias')
+  optimizer.apply_gradients([(tf.zeros_like(kernel), kernel),
+                             (tf.zeros_like(bias), bias)])
+  return kernel.numpy(), bias.numpy()
+
+
+def test_adamw_decays_every_weight_by_lr_times_decay():
+  kernel, bias = _decay_one_step("""
+      Optimizer.name = 'adamw'
+      Optimizer.learning_rate = 0.1
+      Optimizer.weight_decay = 0.01""")
+  # Zero gradients leave Adam's update at 0: only decay moves the weights.
+  np.testing.assert_allclose(kernel, 1 - 0.1 * 0.01, rtol=1e-6)
+  np.testing.assert_allclose(bias, 1 - 0.1 * 0.01, rtol=1e-6)
+
+
+def test_weight_decay_on_kernels_only():
+  kernel, bias = _decay_one_step("""
+      Optimizer.name = 'adamw'
+      Optimizer.learning_rate = 0.1
+      Optimizer.weight_decay = 0.01
+      Optimizer.weight_decay_on = ['kernel']""")
+  np.testing.assert_allclose(kernel, 1 - 0.1 * 0.01, rtol=1e-6)
+  np.testing.assert_array_equal(bias, 1.0)
+
+
+def test_adamw_clips_the_global_gradient_norm():
+  optimizer = _optimizer("""
+      Optimizer.name = 'adamw'
+      Optimizer.learning_rate = 1.0
+      Optimizer.clipnorm = 1.0
+      Optimizer.decay = 'constant'""")
+  assert optimizer.gradient_clip_norm == 1.0
+
+
+def test_sgd_momentum():
+  optimizer = _optimizer("""
+      Optimizer.name = 'sgd'
+      Optimizer.learning_rate = 0.1
+      Optimizer.momentum = 0.9
+      Optimizer.decay = 'constant'""")
+  weight = tf.Variable([1.0])
+  for _ in range(2):
+    optimizer.apply_gradients([(tf.constant([1.0]), weight)])
+  # v1 = -0.1; v2 = 0.9 * v1 - 0.1 = -0.19; w = 1 - 0.1 - 0.19.
+  np.testing.assert_allclose(weight.numpy(), [0.71], rtol=1e-6)
