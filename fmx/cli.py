@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
                    help='gin binding applied after the files')
   run.add_argument('--model_dir', help='run folder (default: Experiment.model_dir)')
   run.add_argument('--verbose', action='store_true', help='show TF/Orbit logs')
+  run.add_argument('--dry_run', action='store_true',
+                   help='build everything offline at a tiny shape, one train '
+                   'and one eval step, in a temporary folder')
 
   evaluate = commands.add_parser(
       'eval', help="evaluate a run's latest checkpoint on a split of its data")
@@ -76,6 +79,36 @@ def _parser() -> argparse.ArgumentParser:
                             "Training.global_batch_size; give one replica's "
                             'share to see its MixUp pairs)')
 
+  export = commands.add_parser(
+      'export', help="export a finished run's model (a distillation run's "
+      'student) with its preprocessing: uint8 images in, logits out')
+  export.add_argument('--model_dir', required=True, help='the run folder')
+  export.add_argument('--format', required=True, choices=('saved_model', 'tflite'))
+  export.add_argument('--quantize', default='none',
+                      choices=('none', 'dynamic', 'float16', 'int8'),
+                      help='TFLite weights (and for int8, activations); '
+                      'default: %(default)s (float32)')
+  export.add_argument('--input_size', type=int,
+                      help='TFLite: the fixed height and width of the uint8 '
+                      'input (default: the run\'s Data.image_size)')
+  export.add_argument('--out', help='path to write (default: '
+                      'MODEL_DIR/export/saved_model or '
+                      'MODEL_DIR/export/model_<weights>.tflite)')
+  export.add_argument('--overwrite', action='store_true',
+                      help='replace --out if it exists')
+
+  report = commands.add_parser(
+      'report', help='size, accuracy and CPU latency of teacher, student '
+      'and exports, measured now on the test split')
+  report.add_argument('--model_dir', required=True, help='the run folder')
+  report.add_argument('--exports', nargs='*', metavar='PATH',
+                      help='SavedModel folders or .tflite files (default: '
+                      'everything in MODEL_DIR/export)')
+  report.add_argument('--latency_runs', type=int, default=50,
+                      help='timed calls per model and batch size (default: '
+                      '%(default)s)')
+  report.add_argument('--out', help='JSON to write (default: MODEL_DIR/report.json)')
+
   listing = commands.add_parser('list', help='list registry entries')
   listing.add_argument('kind', nargs='?', help='datasets, backbones, '
                        'augmentations, losses or tasks (default: all)')
@@ -109,8 +142,10 @@ def _run(args) -> None:
     # the progress bar and eval lines already show them. --verbose restores it.
     orbit.controller._log = logging.info  # pylint: disable=protected-access
   from fmx.training import run  # pylint: disable=g-import-not-at-top
-  results = run.run(args.gin, args.bind, args.model_dir)
+  results = run.run(args.gin, args.bind, args.model_dir, dry_run=args.dry_run)
   print(run.format_results(results))
+  if args.dry_run:
+    print(f'dry run OK: everything built and stepped in {results["dry_run_dir"]}')
 
 
 def _eval(args) -> None:
@@ -160,9 +195,31 @@ def _inspect_data(args) -> None:
   print(f'grid: {args.out}')
 
 
+def _export(args) -> None:
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  from fmx import export  # pylint: disable=g-import-not-at-top
+  path = export.export_run(args.model_dir, args.format, args.quantize, args.out,
+                           args.overwrite, args.input_size)
+  print(f'wrote {path} ({export.file_size(path):,} bytes): serving_default('
+        'images: uint8 [batch, height, width, channels]) -> logits, probabilities')
+  print(f'compare with: fmx report --model_dir {args.model_dir}')
+
+
+def _report(args) -> None:
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  from fmx import report  # pylint: disable=g-import-not-at-top
+  results = report.report_run(args.model_dir, args.exports, args.latency_runs,
+                              args.out)
+  print(report.format_table(results))
+  print(f'written to {results["written_to"]}')
+
+
 COMMANDS = {'run': _run, 'eval': _eval, 'list': _list, 'grid': _grid,
             'compare': _compare, 'tensorboard': _tensorboard,
-            'inspect-data': _inspect_data}
+            'inspect-data': _inspect_data, 'export': _export,
+            'report': _report}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -5,6 +5,7 @@ include, missing required value, unknown registry name) becomes a UserError
 that names the file and line, so `fmx` can print it without a stack trace.
 """
 
+import logging
 import os
 import re
 from typing import List, Optional, Sequence, Tuple
@@ -30,14 +31,21 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
   """Clears gin and parses files then bindings; UserError on any mistake."""
   registry.load_all_entries()  # gin knows a configurable only once imported
   gin.clear_config()
-  for gin_file in gin_files:
-    if not os.path.isfile(gin_file):
-      raise UserError(f'gin file {gin_file!r} does not exist (looked in '
-                      f'{os.getcwd()}). Check the --gin path.')
-  for path in {os.getcwd(), repo_root()} | {os.path.dirname(os.path.abspath(f))
-                                           for f in gin_files}:
+  gin_files = [resolve(f) for f in gin_files]
+  for path in {os.getcwd(), repo_root()} | {os.path.dirname(f) for f in gin_files}:
     gin.add_config_file_search_path(path)
   _parsed_files[:] = _with_includes(gin_files)
+  root_logger = logging.getLogger()
+  level = root_logger.level
+  # gin logs an ERROR for every search path an include is not found in before
+  # the one it is in; a real miss still raises, and is reported below.
+  root_logger.setLevel(logging.CRITICAL)
+  # Shipped includes ('gin/...', 'experiments/...') are relative to the fmx
+  # checkout, so gin looks there first (the user's folder stays a search
+  # path). Otherwise, with the checkout on sys.path (`python -m`), gin's
+  # resource reader takes 'experiments/' for a namespace package and crashes.
+  cwd = os.getcwd()
+  os.chdir(repo_root())
   try:
     gin.parse_config_files_and_bindings(
         list(gin_files), list(bindings), finalize_config=False)
@@ -46,6 +54,18 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
                     f'{e.msg}. The line reads: {(e.text or "").strip()!r}.') from None
   except (ValueError, IOError, KeyError) as e:
     raise UserError(describe_gin_error(e)) from None
+  finally:
+    os.chdir(cwd)
+    root_logger.setLevel(level)
+
+
+def resolve(gin_file: str) -> str:
+  """A gin file's absolute path: as given, else relative to the fmx checkout."""
+  for candidate in (gin_file, os.path.join(repo_root(), gin_file)):
+    if os.path.isfile(candidate):
+      return os.path.abspath(candidate)
+  raise UserError(f'gin file {gin_file!r} does not exist (looked in '
+                  f'{os.getcwd()} and {repo_root()}). Check the path.')
 
 
 def describe_gin_error(error: Exception) -> str:

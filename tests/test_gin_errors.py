@@ -68,6 +68,7 @@ def test_missing_gin_file(capsys):
   code, err = run_cli(capsys, '--gin', 'experiments/does_not_exist.gin')
   assert code == cli.EXIT_USER_ERROR
   assert "'experiments/does_not_exist.gin' does not exist" in err
+  assert 'Check the path' in err
 
 
 def test_console_script_prints_one_paragraph_and_no_traceback(tmp_path):

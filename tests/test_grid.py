@@ -100,7 +100,10 @@ def test_compare_reads_curves_written_by_tf_summary(tmp_path):
   np.testing.assert_allclose(values, [0.5, 0.75, 0.7])
 
 
-def test_grid_file_declares_axes():
+def test_grid_files_declare_axes():
   axes = grid.axes_from_files(['experiments/ablations/mixup_variants.gin'])
   assert axes == {'Data.mixup': ['mixup_reverse', 'mixup_roll'],
                   'Training.seed': [0, 1, 2]}
+  from fmx.tasks import teaching  # pylint: disable=g-import-not-at-top
+  axes = grid.axes_from_files(['experiments/ablations/teaching_modes.gin'])
+  assert sorted(axes['distillation.teaching']) == sorted(teaching.MODES)

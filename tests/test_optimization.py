@@ -94,3 +94,13 @@ def test_sgd_momentum():
     optimizer.apply_gradients([(tf.constant([1.0]), weight)])
   # v1 = -0.1; v2 = 0.9 * v1 - 0.1 = -0.19; w = 1 - 0.1 - 0.19.
   np.testing.assert_allclose(weight.numpy(), [0.71], rtol=1e-6)
+
+
+def test_piecewise_schedule_steps_at_fractions_of_the_run():
+  schedule = _optimizer("""
+      Optimizer.name = 'sgd'
+      Optimizer.learning_rate = 0.08
+      Optimizer.decay = 'piecewise'""", train_steps=1000).learning_rate
+  expected = {0: 0.08, 299: 0.08, 301: 0.008, 599: 0.008, 601: 0.0008, 999: 0.00008}
+  for step, value in expected.items():
+    assert float(schedule(step)) == pytest.approx(value, rel=1e-5), step

@@ -62,3 +62,12 @@ def resize(image, seed, size: int):
   """Resizes the whole image to size x size (aspect ratio not kept)."""
   del seed
   return _resize(image, size)
+
+
+@AUGMENTATIONS.register(denylist=_FRAMEWORK_ARGS)
+def resize_then_random_crop(image, seed, size: int, resize_to: int = 160):
+  """Resize to resize_to x resize_to, then a random size x size crop (teacher)."""
+  channels = tf.shape(image)[2]
+  resized = _resize(image, resize_to)
+  return tf.image.stateless_random_crop(resized, tf.stack([size, size, channels]),
+                                        seed)

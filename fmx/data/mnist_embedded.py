@@ -23,13 +23,14 @@ def _load_arrays():
   images = images.reshape(-1, 28, 28, 1).astype(np.uint8)
   labels = labels.astype(np.int64)
   # A fixed stratified split: the last 100 images of every class are the test
-  # set. A fixed permutation interleaves classes in the train split so that a
-  # slice such as train[90%:] keeps every class.
+  # set. Fixed permutations interleave the classes in both splits, so that a
+  # slice such as train[90%:] or test[:100] holds every class.
   test = np.concatenate(
       [np.flatnonzero(labels == c)[-_TEST_PER_CLASS:] for c in range(10)])
   train = np.setdiff1d(np.arange(len(labels)), test)
   train = np.random.RandomState(0).permutation(train)
-  return images, labels, {'train': train, 'test': np.sort(test)}
+  test = np.random.RandomState(1).permutation(test)
+  return images, labels, {'train': train, 'test': test}
 
 
 @DATASETS.register(denylist=('split',))

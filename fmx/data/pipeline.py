@@ -1,18 +1,28 @@
-"""The input pipeline: dataset entry -> cache -> shuffle -> augment -> batch -> MixUp.
+"""The input pipeline: dataset entry -> check -> cache -> shuffle -> augment -> batch -> MixUp.
 
 Randomness is stateless and keyed by position: image k of the (repeated)
-training stream gets seed (run seed, k) and batch b gets (run seed, b), so the
-same config and seed always produce the same pixels, whatever the number of
-parallel calls. Teacher and student later receive the very same batch.
+training stream gets seed (run seed, k) and batch b gets (run seed + 1, b),
+so the same config and seed always produce the same pixels, whatever the
+number of parallel calls. Teacher and student later receive the very same
+batch.
+
+Entries hand over decoded uint8 images; a split small enough is cached right
+after that, so images are decoded once per run and only augmented per epoch.
+
+MixUp runs here, in tf.data, on the batch one input pipeline builds: the
+per-replica batch ('replica' scope). Its partners are therefore always images
+of the same replica. See fmx.augmentations.mixup.
 """
 
 import functools
+import inspect
 from typing import Optional, Sequence
 
 import gin
 import tensorflow as tf
 
 from fmx.augmentations.mixup import MIXUPS
+from fmx.data import decoding
 from fmx.data.source import Source
 from fmx.errors import UserError
 from fmx.registry import AUGMENTATIONS, DATASETS
@@ -23,6 +33,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 # Flowers102/Pet37 at 384 px are ~1-3 GB decoded, well within a TPU host's RAM,
 # and decoding JPEGs every epoch would otherwise dominate a 1000-epoch run.
 CACHE_LIMIT_BYTES = 8 << 30
+MIXUP_SCOPES = ('replica', 'global')
 
 
 @gin.configurable
@@ -40,59 +51,96 @@ class Data:
                                                      'random_flip'),
                eval_augmentations: Sequence[str] = ('central_crop',),
                mixup: Optional[str] = 'mixup_roll',
+               mixup_scope: str = 'replica',
                value_range: Sequence[float] = (0.0, 1.0),
                shuffle_buffer: int = 10_000,
-               cache: str = 'auto'):
+               cache: str = 'auto',
+               skip_corrupt: bool = False):
     self.train_dataset = train_dataset
     self.eval_dataset = eval_dataset
     self.image_size = image_size
     self.train_split = train_split
     self.eval_split = eval_split
     self.test_split = test_split
+    self.train_augmentations = list(train_augmentations)
     self.train_ops = [_image_op(name) for name in train_augmentations]
     self.eval_ops = [_image_op(name) for name in eval_augmentations]
+    self.mixup_name = mixup
     self.mixup = AUGMENTATIONS.get(mixup) if mixup else None
     if mixup and mixup not in MIXUPS:
       raise UserError(f'Data.mixup = {mixup!r} is a per-image augmentation; '
                       f'use one of {list(MIXUPS)} or None.')
+    if mixup_scope not in MIXUP_SCOPES:
+      raise UserError(f'Data.mixup_scope = {mixup_scope!r}; use one of '
+                      f'{list(MIXUP_SCOPES)}.')
+    if mixup_scope == 'global':
+      raise UserError(
+          "Data.mixup_scope = 'global' (MixUp partners drawn from the whole "
+          'global batch, across replicas) is not supported yet; use '
+          "'replica', which mixes within each replica's batch.")
+    self.mixup_scope = mixup_scope
     self.value_range = tuple(value_range)
     self.shuffle_buffer = shuffle_buffer
     if cache not in ('auto', 'memory', 'none'):
       raise UserError(f"Data.cache = {cache!r}; use 'auto', 'memory' or 'none'.")
     self.cache = cache
+    self.skip_corrupt = bool(skip_corrupt)
 
   def source(self, which: str) -> Source:
     """The 'train', 'eval' (periodic validation) or 'test' (final) split."""
     name = self.train_dataset if which == 'train' else self.eval_dataset
     split = {'train': self.train_split, 'eval': self.eval_split,
              'test': self.test_split}[which]
+    entry = DATASETS.get(name)
+    # Only entries that decode their own files can skip corrupt ones.
+    extra = ({'skip_corrupt': self.skip_corrupt}
+             if 'skip_corrupt' in inspect.signature(entry).parameters else {})
     # The scope lets gin set e.g. `train/tfds.data_dir` apart from eval's.
     with gin.config_scope('train' if which == 'train' else 'eval'):
-      return DATASETS.get(name)(split=split)
+      return entry(split=split, **extra)
 
   def _to_model_range(self, image):
     low, high = self.value_range
     return image * (high - low) + low
 
+  def to_unit_range(self, images):
+    """Inverse of the value range mapping: model inputs back to [0, 1]."""
+    low, high = self.value_range
+    return (images - low) / (high - low)
+
+  @staticmethod
+  def op_seed(image_seed, op_index: int):
+    """The stateless seed of the `op_index`-th op applied to an image."""
+    return tf.random.experimental.stateless_fold_in(image_seed, op_index)
+
+  @staticmethod
+  def image_seed(seed, position):
+    """The seed of image `position` of the training stream."""
+    return tf.stack([tf.cast(seed, tf.int64), tf.cast(position, tf.int64)])
+
+  @staticmethod
+  def mixup_seed(seed, batch_index):
+    """The seed of batch `batch_index`'s MixUp."""
+    return tf.stack([tf.cast(seed, tf.int64) + 1,
+                     tf.cast(batch_index, tf.int64)])
+
   def _apply(self, ops, image, seed):
     image = tf.image.convert_image_dtype(image, tf.float32)
     for index, op in enumerate(ops):
-      image = op(image, tf.random.experimental.stateless_fold_in(seed, index),
-                 size=self.image_size)
+      image = op(image, self.op_seed(seed, index), size=self.image_size)
     # Every pipeline ends at image_size, whatever its ops (a resize to the
     # size an image already has returns it unchanged).
     image = tf.image.resize(image, (self.image_size, self.image_size))
     return self._to_model_range(image)
 
-  def _augment_example(self, seed, position, example):
-    image_seed = tf.stack([tf.cast(seed, tf.int64), position])
-    return {'image': self._apply(self.train_ops, example['image'], image_seed),
+  def augment_example(self, seed, position, example):
+    return {'image': self._apply(self.train_ops, example['image'],
+                                 self.image_seed(seed, position)),
             'label': example['label']}
 
   def _mix_batch(self, seed, batch_index, batch):
     # MixUp stays within the value range: it is a convex combination.
-    batch_seed = tf.stack([tf.cast(seed, tf.int64) + 1, batch_index])
-    images, _ = self.mixup(batch['image'], batch_seed)
+    images, _ = self.mixup(batch['image'], self.mixup_seed(seed, batch_index))
     return {'image': images, 'label': batch['label']}
 
   def _maybe_cache(self, dataset, source):
@@ -101,23 +149,61 @@ class Data:
       return dataset.cache()
     return dataset
 
+  def _checked(self, source: Source) -> tf.data.Dataset:
+    """The source's examples, with labels checked against num_classes.
+
+    Placed before the cache, so a cached split is checked once.
+    """
+    if not source.labeled:
+      return source.dataset
+    num_classes = source.num_classes
+
+    def fail(position, label):
+      with tf.control_dependencies([decoding.fail(
+          'dataset ', source.name, ' has label ', tf.strings.as_string(label),
+          ' at example ', tf.strings.as_string(position),
+          f', outside [0, {num_classes}). Check the number of classes set '
+          'for the dataset entry, or its labels.')]):
+        return tf.identity(label)
+
+    def check(position, example):
+      label = example['label']
+      valid = tf.logical_and(label >= 0, label < num_classes)
+      label = tf.cond(valid, lambda: label, lambda: fail(position, label))
+      return dict(example, label=label)  # other keys (e.g. 'index') pass
+
+    return source.dataset.enumerate().map(check)
+
+  def train_seed(self, seed: int,
+                 input_context: Optional[tf.distribute.InputContext] = None):
+    """The seed of one input pipeline (each pipeline draws its own)."""
+    if input_context and input_context.num_input_pipelines > 1:
+      return seed * 1_000_003 + input_context.input_pipeline_id
+    return seed
+
+  def train_examples(self, seed: int,
+                     input_context: Optional[tf.distribute.InputContext] = None,
+                     source: Optional[Source] = None) -> tf.data.Dataset:
+    """(position, example): the shuffled, repeated stream before augmentation."""
+    source = source or self.source('train')
+    dataset = self._checked(source)
+    if input_context and input_context.num_input_pipelines > 1:
+      dataset = dataset.shard(input_context.num_input_pipelines,
+                              input_context.input_pipeline_id)
+    dataset = self._maybe_cache(dataset, source)
+    dataset = dataset.repeat().shuffle(
+        self.shuffle_buffer, seed=self.train_seed(seed, input_context),
+        reshuffle_each_iteration=True)
+    return dataset.enumerate()
+
   def train_dataset_fn(self, batch_size: int, seed: int,
                        input_context: Optional[tf.distribute.InputContext] = None,
                        source: Optional[Source] = None) -> tf.data.Dataset:
     """Infinite stream of augmented, MixUp'ed batches of `batch_size`."""
-    source = source or self.source('train')
-    dataset = source.dataset
-    if input_context and input_context.num_input_pipelines > 1:
-      dataset = dataset.shard(input_context.num_input_pipelines,
-                              input_context.input_pipeline_id)
-      seed = seed * 1_000_003 + input_context.input_pipeline_id
-    dataset = self._maybe_cache(dataset, source)
-    dataset = dataset.repeat().shuffle(
-        self.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-
-    dataset = dataset.enumerate().map(
-        functools.partial(self._augment_example, seed),
-        num_parallel_calls=AUTOTUNE)
+    dataset = self.train_examples(seed, input_context, source)
+    seed = self.train_seed(seed, input_context)
+    dataset = dataset.map(functools.partial(self.augment_example, seed),
+                          num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     if self.mixup is not None:
       dataset = dataset.enumerate().map(
@@ -129,7 +215,7 @@ class Data:
                       source: Optional[Source] = None) -> tf.data.Dataset:
     """One pass over the eval split; the last batch may be smaller."""
     source = source or self.source('eval')
-    dataset = source.dataset
+    dataset = self._checked(source)
     if input_context and input_context.num_input_pipelines > 1:
       dataset = dataset.shard(input_context.num_input_pipelines,
                               input_context.input_pipeline_id)
@@ -150,6 +236,8 @@ def _image_op(name: str):
 
 
 def _bytes_estimate(source: Source) -> int:
+  if source.decoded_bytes is not None:
+    return source.decoded_bytes
   spec = source.dataset.element_spec['image']
   height, width = (spec.shape[0] or 384), (spec.shape[1] or 384)
   return source.num_examples * height * width * source.channels

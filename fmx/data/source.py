@@ -1,29 +1,60 @@
 """What every dataset entry returns: examples plus the facts a run needs.
 
 A dataset entry is a function `entry(split) -> Source`. Its examples are
-`{'image': uint8 [H, W, C], 'label': int64}`; the label may be -1 for
-unlabeled images (distillation never needs labels).
+`{'image': uint8 [H, W, C], 'label': int64}`, decoded and in a fixed order;
+the label is -1 for unlabeled images (distillation never needs labels).
+
+Entries that decode images themselves also accept `skip_corrupt` (set by
+`Data.skip_corrupt`, never directly): see fmx.data.decoding.
 """
 
 import dataclasses
 import re
-from typing import Tuple
+from typing import Optional, Tuple
 
 import tensorflow as tf
 
+from fmx.data.decoding import CorruptRecords
 from fmx.errors import UserError
+
+UNLABELED = -1
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
   name: str                 # e.g. 'mnist_embedded:train[:90%]', for messages
-  dataset: tf.data.Dataset  # undecoded-once examples, finite, in fixed order
+  dataset: tf.data.Dataset  # decoded examples, finite, in a fixed order
   num_examples: int
   num_classes: int
   channels: int
+  labeled: bool = True      # False: every label is UNLABELED (-1)
+  # Decoded size of the whole split, when the entry knows better than
+  # num_examples x (static or 384 x 384) x channels; decides Data.cache 'auto'.
+  decoded_bytes: Optional[int] = None
+  # Corrupt records skipped so far, for entries that decode their own files
+  # with Data.skip_corrupt on.
+  corrupt: Optional[CorruptRecords] = None
+
+  def skipped_corrupt(self) -> int:
+    """How many corrupt records this split has skipped so far."""
+    return self.corrupt.count() if self.corrupt is not None else 0
 
 
 _SPLIT = re.compile(r'^(?P<name>\w+)(\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$')
+
+
+def _match(split: str, expected: str):
+  match = _SPLIT.match(split.replace(' ', ''))
+  if not match:
+    raise UserError(
+        f'split {split!r} is not valid: expected {expected}, '
+        "optionally sliced like 'train[:90%]' or 'train[100:200]'.")
+  return match
+
+
+def split_name(split: str) -> str:
+  """The split's name without its slice: 'train' for 'train[:90%]'."""
+  return _match(split, 'a name such as train')['name']
 
 
 def slice_bounds(split: str, sizes: dict) -> Tuple[str, int, int]:
@@ -32,8 +63,8 @@ def slice_bounds(split: str, sizes: dict) -> Tuple[str, int, int]:
   Returns (base split name, start, stop) as absolute indices, with the same
   rounding as TFDS so that 'train[:90%]' means the same images here and there.
   """
-  match = _SPLIT.match(split.replace(' ', ''))
-  if not match or match['name'] not in sizes:
+  match = _match(split, f'one of {sorted(sizes)}')
+  if match['name'] not in sizes:
     raise UserError(
         f'split {split!r} is not valid: expected one of {sorted(sizes)}, '
         "optionally sliced like 'train[:90%]' or 'train[100:200]'.")

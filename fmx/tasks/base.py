@@ -68,5 +68,12 @@ def top1_correct(labels, logits):
                           tf.cast(labels, tf.int64)), tf.float32)
 
 
+def top_k_correct(labels, logits, k: int):
+  """1.0 where the label is among the k highest logits, per example."""
+  k = tf.minimum(k, tf.shape(logits)[-1])
+  return tf.cast(tf.math.in_top_k(tf.cast(labels, tf.int32),
+                                  tf.cast(logits, tf.float32), k), tf.float32)
+
+
 def to_float(logs) -> dict:
   return {k: float(v) for k, v in logs.items()}

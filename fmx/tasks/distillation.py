@@ -1,25 +1,32 @@
 """The function-matching distillation task (Beyer et al. 2021).
 
 The teacher is frozen and runs in inference mode inside the same step, on the
-very batch the student trains on (same crop, same flip, same MixUp). Labels
-are never used by the loss; they only feed the accuracy metrics. The trainer
+very batch the student trains on (same crop, same flip, same MixUp). It is
+either an fmx teacher run (`teacher_run`, rebuilt from its model.json and
+checkpoint) or an exported SavedModel or TF-Hub handle of logits
+(`teacher_saved_model`, e.g. a teacher fine-tuned elsewhere). What the two
+models see follows `teaching` (fmx.tasks.teaching; default function matching).
+Labels are never used by the loss; they only feed the accuracy metrics. The trainer
 checkpoints only `build_model()`'s output, the student: we never change the
 teacher, so there is nothing of it to save.
 """
 
+import os
 from typing import Optional
 
 import gin
 import tensorflow as tf
 import tf_keras
 
+from fmx.backbones import hub
 from fmx.errors import UserError
 from fmx.registry import LOSSES, TASKS
 from fmx.tasks import teacher_run
-from fmx.tasks.base import FmxTask, to_float, top1_correct
+from fmx.tasks import teaching as teaching_lib
+from fmx.tasks.base import FmxTask, to_float, top1_correct, top_k_correct
 
 TRAIN_METRICS = ('student_top1', 'teacher_top1', 'agreement')
-EVAL_METRICS = TRAIN_METRICS + ('kl',)
+EVAL_METRICS = TRAIN_METRICS + ('student_top5', 'teacher_top5', 'kl')
 
 
 @TASKS.register('distillation', denylist=('params', 'logging_dir', 'name'))
@@ -28,30 +35,70 @@ class DistillationTask(FmxTask):
 
   def __init__(self, params, logging_dir=None, name=None,
                student: str = gin.REQUIRED,
-               teacher_run: str = gin.REQUIRED,
+               teacher_run: Optional[str] = None,
+               teacher_saved_model: Optional[str] = None,
                teacher_gin: Optional[str] = None,
-               loss: str = 'kl'):
+               loss: str = 'kl',
+               teaching: str = 'function_matching',
+               teacher_output_cache: str = os.path.join(
+                   os.path.expanduser('~'), '.cache', 'fmx', 'teacher_outputs')):
+    if bool(teacher_run) == bool(teacher_saved_model):
+      raise UserError(
+          'distillation needs exactly one teacher: set either '
+          'distillation.teacher_run (an fmx teacher run\'s folder) or '
+          'distillation.teacher_saved_model (a SavedModel folder or TF-Hub '
+          'handle that outputs logits), not '
+          f'{"both" if teacher_run else "neither"}.')
+    if teacher_gin and teacher_saved_model:
+      raise UserError(
+          'distillation.teacher_gin trains a teacher run, but the teacher is '
+          f'the SavedModel {teacher_saved_model!r}: remove teacher_gin, or '
+          'use teacher_run instead of teacher_saved_model.')
+    del teacher_gin  # used by fmx.training.run to train the teacher run first
     super().__init__(params, logging_dir=logging_dir, name=name)
-    del teacher_gin  # used by fmx.training.run to train the teacher first
     self.student_backbone = student
     self.teacher_run = teacher_run
+    self.teacher_saved_model = teacher_saved_model
     self.loss_fn = LOSSES.get(loss)
     if getattr(self.loss_fn, 'takes_labels', False):
       raise UserError(f'distillation.loss = {loss!r} needs labels; distillation '
                       "compares teacher and student: use e.g. 'kl'.")
+    self.teaching = teaching_lib.check_mode(teaching)
+    self.teacher_output_cache = teacher_output_cache
     self.teacher: Optional[tf_keras.Model] = None
+    self.fixed_logits: Optional[tf.Tensor] = None  # for 'fixed_teacher'
 
   def build_model(self) -> tf_keras.Model:
     # Called under the strategy's scope by the trainer: the teacher's
     # variables are placed like the student's.
-    self.teacher = teacher_run.load_teacher(self.teacher_run)
+    if self.teacher_run:
+      self.teacher = teacher_run.load_teacher(self.teacher_run)
+    else:
+      self.teacher = hub.saved_model_teacher(self.teacher_saved_model,
+                                             self.input_shape)
     teacher_classes = self.teacher.output_shape[-1]
     if teacher_classes != self.num_classes:
       raise UserError(
-          f'the teacher in {self.teacher_run!r} has {teacher_classes} classes '
-          f'but the data {self.sources["train"].name!r} has {self.num_classes}; '
-          'distill on data of the same label space or use another teacher.')
+          f'the teacher {self.teacher_run or self.teacher_saved_model!r} has '
+          f'{teacher_classes} classes but the data '
+          f'{self.sources["train"].name!r} has {self.num_classes}; distill on '
+          'data of the same label space or use another teacher.')
+    if self.teaching == 'fixed_teacher':
+      teacher_id = (os.path.abspath(tf.train.latest_checkpoint(self.teacher_run))
+                    if self.teacher_run else self.teacher_saved_model)
+      self.fixed_logits = tf.constant(teaching_lib.fixed_teacher_outputs(
+          self.teacher, self.data, self.sources['train'], teacher_id,
+          self.teacher_output_cache))
     return self.build_backbone(self.student_backbone, scope='student')
+
+  def build_inputs(self, params, input_context=None) -> tf.data.Dataset:
+    if not params.is_training:
+      return super().build_inputs(params, input_context)
+    batch_size = (input_context.get_per_replica_batch_size(params.global_batch_size)
+                  if input_context else params.global_batch_size)
+    return teaching_lib.train_dataset(self.data, self.teaching, batch_size,
+                                      self.training.seed, input_context,
+                                      self.sources['train'])
 
   def build_metrics(self, training: bool = True):
     names = TRAIN_METRICS if training else EVAL_METRICS
@@ -62,7 +109,10 @@ class DistillationTask(FmxTask):
 
   def train_step(self, inputs, model, optimizer, metrics=None):
     images = inputs['image']
-    teacher_logits = self.teacher_logits(images)
+    if self.teaching == 'fixed_teacher':
+      teacher_logits = tf.gather(self.fixed_logits, inputs['index'])
+    else:  # the teacher's own view, else exactly the student's pixels
+      teacher_logits = self.teacher_logits(inputs.get('teacher_image', images))
     num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
       student_logits = model(images, training=True)
@@ -88,6 +138,8 @@ class DistillationTask(FmxTask):
         'teacher_top1': lambda: top1_correct(labels, teacher_logits),
         'agreement': lambda: top1_correct(
             tf.argmax(teacher_logits, -1), student_logits),
+        'student_top5': lambda: top_k_correct(labels, student_logits, 5),
+        'teacher_top5': lambda: top_k_correct(labels, teacher_logits, 5),
         'kl': lambda: LOSSES.get('kl')(teacher_logits, student_logits,
                                        temperature=1.0),
     }

@@ -11,6 +11,8 @@ import os
 import tensorflow as tf
 import tf_keras
 
+# Registers the custom Keras layers (BiT's, hub's) model_from_json must know.
+import fmx.backbones  # noqa: F401  pylint: disable=unused-import
 from fmx.errors import UserError
 
 ARCHITECTURE_FILE = 'model.json'

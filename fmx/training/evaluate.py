@@ -2,26 +2,40 @@
 
 The run is rebuilt from its own operative_config.gin, so nothing but the
 run folder is needed; results go to stdout as a table and to
-`MODEL_DIR/eval-<split>.json`.
+`MODEL_DIR/eval-<split>.json`. `restore_run` is that rebuild, shared with
+`fmx export` and `fmx report`.
 """
 
+import dataclasses
 import json
 import os
 import re
-from typing import Optional
+from typing import Any, List, Optional, Sequence
 
 import tensorflow as tf
 from official.core import train_utils
 
 from fmx import gin_config
 from fmx.errors import UserError
+from fmx.tasks import teacher_run
 from fmx.tasks.base import TEST_SPLIT
 from fmx.training import run
 from fmx.training.settings import Experiment
 
 
-def evaluate_run(model_dir: str, split: Optional[str] = None) -> dict:
-  """Evaluates model_dir's latest checkpoint on `split` (default: its test split)."""
+@dataclasses.dataclass
+class RestoredRun:
+  """A run rebuilt from its folder, its model holding the checkpoint's weights."""
+  setup: run.Setup
+  trainer: Any  # Model Garden's trainer; `.model` is the (student) model
+  checkpoint: str
+
+
+def restore_run(model_dir: str, bindings: Sequence[str] = ()) -> RestoredRun:
+  """Parses model_dir's operative config, builds its trainer, reads its checkpoint.
+
+  `bindings` are applied after the run's config (e.g. another test split).
+  """
   config = os.path.join(model_dir, run.OPERATIVE_CONFIG)
   if not tf.io.gfile.exists(config):
     raise UserError(f'{model_dir!r} is not an fmx run folder (no '
@@ -30,15 +44,44 @@ def evaluate_run(model_dir: str, split: Optional[str] = None) -> dict:
   if not checkpoint:
     raise UserError(f'run {model_dir!r} has no checkpoint yet; train it with '
                     f'`fmx run` first.')
-  bindings = [f'Data.test_split = {split!r}'] if split else []
-  gin_config.parse([config], bindings)
+  gin_config.parse([config], _task_binding(model_dir, config) + list(bindings))
   setup = run.build_setup(Experiment().task, model_dir)
   with setup.strategy.scope():
     trainer = train_utils.create_trainer(setup.params, setup.task, train=False,
                                          evaluate=True)
-  trainer.checkpoint.read(checkpoint).expect_partial()
-  results = run.evaluate_split(setup, trainer, TEST_SPLIT)
-  results['checkpoint'] = checkpoint
+  status = trainer.checkpoint.read(checkpoint).expect_partial()
+  try:
+    # Optimizer slots are absent (train=False) and deferred; every object
+    # that exists, the model above all, must have found its values.
+    status.assert_existing_objects_matched()
+  except AssertionError as e:
+    raise UserError(
+        f'checkpoint {checkpoint!r} does not match the model rebuilt from '
+        f'{config} ({str(e).splitlines()[0]}); was the run folder reused for '
+        'another experiment? Pass the folder of the run that wrote it.') from None
+  return RestoredRun(setup, trainer, checkpoint)
+
+
+def _task_binding(model_dir: str, config: str) -> List[str]:
+  # Runs written before fmx recorded `Experiment` in the operative config of
+  # a distillation run name their task only in results.json.
+  with tf.io.gfile.GFile(config) as f:
+    if re.search(r'^Experiment\.task\s*=', f.read(), re.MULTILINE):
+      return []
+  results = os.path.join(model_dir, teacher_run.RESULTS_FILE)
+  if not tf.io.gfile.exists(results):
+    return []  # gin then names the missing value
+  task = teacher_run.read_results(model_dir).get('task')
+  return [f'Experiment.task = {task!r}'] if task else []
+
+
+def evaluate_run(model_dir: str, split: Optional[str] = None) -> dict:
+  """Evaluates model_dir's latest checkpoint on `split` (default: its test split)."""
+  bindings = [f'Data.test_split = {split!r}'] if split else []
+  restored = restore_run(model_dir, bindings)
+  setup = restored.setup
+  results = run.evaluate_split(setup, restored.trainer, TEST_SPLIT)
+  results['checkpoint'] = restored.checkpoint
   # 'test[:50%]' -> 'eval-test_50%.json'
   name = re.sub(r'[^A-Za-z0-9.%-]+', '_', setup.task.data.test_split).strip('_')
   path = os.path.join(model_dir, f'eval-{name}.json')

@@ -10,8 +10,9 @@ teacher first, from the teacher's own gin file, then carries on.
 import dataclasses
 import json
 import os
+import tempfile
 import time
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import gin
 import tensorflow as tf
@@ -25,6 +26,7 @@ from fmx.errors import UserError
 from fmx.registry import TASKS
 from fmx.tasks import teacher_run
 from fmx.tasks.base import EVAL_SPLIT, TEST_SPLIT
+from fmx.training import dry_run as dry_run_lib
 from fmx.training import progress
 from fmx.training.settings import Experiment, Optimizer, Runtime, Training
 
@@ -32,23 +34,53 @@ OPERATIVE_CONFIG = 'operative_config.gin'
 
 
 def run(gin_files: Sequence[str], bindings: Sequence[str] = (),
-        model_dir: Optional[str] = None) -> dict:
-  """Parses the config, trains (or resumes) and returns results.json's content."""
+        model_dir: Optional[str] = None, dry_run: bool = False,
+        dry_run_root: Optional[str] = None) -> dict:
+  """Parses the config, trains (or resumes) and returns results.json's content.
+
+  With dry_run, everything happens offline at a tiny shape in dry_run_root
+  (default: a new temporary folder; dry runs sharing one reuse its dry-run
+  teachers), see fmx.training.dry_run. It is returned as results['dry_run_dir'].
+  """
+  if not dry_run:
+    return _run(gin_files, bindings, model_dir, dry_run_root=None)
+  root = dry_run_root or tempfile.mkdtemp(prefix='fmx-dry-run-')
+  with dry_run_lib.offline_data():
+    results = _run(gin_files, bindings, model_dir, dry_run_root=root)
+  results['dry_run_dir'] = root
+  return results
+
+
+def _run(gin_files, bindings, model_dir, dry_run_root: Optional[str]) -> dict:
+  bindings = list(bindings)
+  if dry_run_root is not None:
+    bindings += dry_run_lib.bindings(dry_run_root)
   gin_config.parse(gin_files, bindings)
   if Experiment().task == 'distillation':
-    _train_teacher_if_needed()
+    teacher = _teacher_run_to_train()
+    if teacher and dry_run_root is not None:
+      teacher = (dry_run_lib.teacher_dir(dry_run_root, teacher[1]), teacher[1])
+      bindings.append(f'distillation.teacher_run = {teacher[0]!r}')
+    if teacher and not teacher_run.is_finished(teacher[0]):
+      print(f'Teacher run {teacher[0]} has no finished checkpoint: training it '
+            f'first with {teacher[1]}.', flush=True)
+      _run([teacher[1]], [], teacher[0], dry_run_root)
     # The teacher run replaced the config; parsing again also restarts gin's
     # record of used values, so the operative config is this run's alone.
     gin_config.parse(gin_files, bindings)
   experiment = Experiment()
   model_dir = model_dir or experiment.model_dir
+  if dry_run_root is not None and not (model_dir or '').startswith(dry_run_root):
+    model_dir = os.path.join(dry_run_root, 'runs',
+                             os.path.basename(os.path.normpath(model_dir or 'run')))
   if not model_dir:
     raise UserError('no model_dir: pass --model_dir DIR or set '
                     "Experiment.model_dir = '...' in the gin file.")
   return train_and_evaluate(experiment.task, model_dir)
 
 
-def _train_teacher_if_needed() -> None:
+def _teacher_run_to_train() -> Optional[Tuple[str, str]]:
+  """(teacher_run, teacher_gin) when the config names a teacher run to train."""
   def bound(name):
     try:
       return gin.query_parameter(f'distillation.{name}')
@@ -57,12 +89,8 @@ def _train_teacher_if_needed() -> None:
 
   run_dir, teacher_gin = bound('teacher_run'), bound('teacher_gin')
   if not run_dir or not teacher_gin or bound('teacher_saved_model'):
-    return  # no teacher run to train, or the task says what is wrong
-  if teacher_run.is_finished(run_dir):
-    return
-  print(f'Teacher run {run_dir} has no finished checkpoint: training it first '
-        f'with {teacher_gin}.', flush=True)
-  run([teacher_gin], model_dir=run_dir)
+    return None  # no teacher run to train, or the task says what is wrong
+  return run_dir, teacher_gin
 
 
 @dataclasses.dataclass
@@ -214,8 +242,10 @@ def format_results(results: dict) -> str:
     ratio = results['teacher_params'] / max(1, results['student_params'])
     rows = [('', 'teacher', 'student'),
             ('test top-1', f'{results["teacher_top1"]:.2%}', f'{results["student_top1"]:.2%}'),
+            ('test top-5', f'{results["teacher_top5"]:.2%}', f'{results["student_top5"]:.2%}'),
             ('parameters', f'{results["teacher_params"]:,}', f'{results["student_params"]:,}'),
             ('agreement', '', f'{results["agreement"]:.2%}'),
+            ('KL(teacher||student)', '', f'{results["kl"]:.4f}'),
             ('compression', '', f'{ratio:.1f}x fewer parameters')]
   else:
     rows = [('', 'teacher'), ('test top-1', f'{results["top1"]:.2%}'),

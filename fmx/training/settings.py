@@ -37,7 +37,9 @@ class Training:
                steps_per_loop: int = 100,
                evals: int = 5,
                checkpoints_to_keep: int = 3,
-               seed: int = 0):
+               seed: int = 0,
+               max_steps: Optional[int] = None,
+               compile_steps: bool = True):
     self.epochs = epochs
     self.global_batch_size = global_batch_size
     self.eval_batch_size = eval_batch_size
@@ -45,13 +47,18 @@ class Training:
     self.evals = evals
     self.checkpoints_to_keep = checkpoints_to_keep
     self.seed = seed
+    self.max_steps = max_steps  # a cap for dry runs and smoke tests
+    # False runs steps eagerly: for dry runs, where tracing a big model once
+    # costs more than the one step it would speed up.
+    self.compile_steps = compile_steps
     if global_batch_size <= 0 or epochs <= 0:
       raise UserError(f'Training.epochs ({epochs}) and Training.global_batch_size '
                       f'({global_batch_size}) must be positive.')
 
   def train_steps(self, num_examples: int) -> int:
     """Steps for `epochs` passes over `num_examples` at the global batch."""
-    return max(1, math.ceil(self.epochs * num_examples / self.global_batch_size))
+    steps = max(1, math.ceil(self.epochs * num_examples / self.global_batch_size))
+    return min(steps, self.max_steps) if self.max_steps else steps
 
   def trainer_config(self, train_steps: int,
                      optimizer: cfg.base_config.Config) -> cfg.TrainerConfig:
@@ -68,13 +75,18 @@ class Training:
         checkpoint_interval=eval_interval,
         validation_interval=eval_interval,
         validation_steps=-1,  # the whole eval split, every time
-        max_to_keep=self.checkpoints_to_keep)
+        max_to_keep=self.checkpoints_to_keep,
+        train_tf_function=self.compile_steps,
+        train_tf_while_loop=self.compile_steps,
+        eval_tf_function=self.compile_steps)
 
 
 @gin.configurable
 class Optimizer:
   """An optimiser + linear warmup + cosine decay, via Model Garden.
 
+  `decay`: 'cosine' (after a linear warmup), 'piecewise' (steps at fractions
+  of the run, times multipliers) or 'constant'.
   `name`: 'adamw' (Model Garden's AdamWeightDecay: decoupled weight decay of
   lr * weight_decay per step, global clip norm), 'adam' or 'sgd' (momentum).
   `weight_decay_on` restricts decay to variables whose names match one of its
@@ -92,11 +104,19 @@ class Optimizer:
                weight_decay: float = 0.0,
                weight_decay_on: Optional[Sequence[str]] = None,
                clipnorm: Optional[float] = None,
-               momentum: float = 0.9):
+               momentum: float = 0.9,
+               piecewise_boundaries: Sequence[float] = (0.3, 0.6, 0.9),
+               piecewise_multipliers: Sequence[float] = (1.0, 0.1, 0.01, 0.001)):
     if name not in ('adamw', 'adam', 'sgd'):
       raise UserError(f"Optimizer.name = {name!r}; use 'adamw', 'adam' or 'sgd'.")
-    if decay not in ('cosine', 'constant'):
-      raise UserError(f"Optimizer.decay = {decay!r}; use 'cosine' or 'constant'.")
+    if decay not in ('cosine', 'piecewise', 'constant'):
+      raise UserError(f"Optimizer.decay = {decay!r}; use 'cosine', 'piecewise' "
+                      "or 'constant'.")
+    if len(piecewise_multipliers) != len(piecewise_boundaries) + 1:
+      raise UserError('Optimizer.piecewise_multipliers needs one value more than '
+                      f'Optimizer.piecewise_boundaries ({len(piecewise_multipliers)}'
+                      f' vs {len(piecewise_boundaries)}).')
+    self.piecewise = (list(piecewise_boundaries), list(piecewise_multipliers))
     self.name, self.learning_rate, self.decay = name, learning_rate, decay
     self.warmup_steps, self.weight_decay = warmup_steps, weight_decay
     self.weight_decay_on = list(weight_decay_on) if weight_decay_on else None
@@ -124,6 +144,13 @@ class Optimizer:
       learning_rate = {'type': 'cosine', 'cosine': {
           'initial_learning_rate': self.learning_rate,
           'decay_steps': train_steps - warmup, 'offset': warmup}}
+    elif self.decay == 'piecewise':
+      # Boundaries are fractions of the run (BiT-HyperRule: /10 at 30%, 60%
+      # and 90%), so the schedule stretches with the run's length.
+      boundaries, multipliers = self.piecewise
+      learning_rate = {'type': 'stepwise', 'stepwise': {
+          'boundaries': [max(1, int(b * train_steps)) for b in boundaries],
+          'values': [self.learning_rate * m for m in multipliers]}}
     else:
       learning_rate = {'type': 'constant', 'constant': {
           'learning_rate': self.learning_rate}}

@@ -1,0 +1,148 @@
+"""Images in folders: one subfolder per class, or unlabeled images anywhere.
+
+    root/
+      abyssinian/001.jpg, 002.png, ...    class 0 (sorted folder names)
+      beagle/...                          class 1
+
+`root` may hold `{split}` (e.g. '/data/pets/{split}' for train/, test/); the
+classes are then the sorted union of the class folders of every split folder,
+so a class missing from one split does not shift the others' indices. A split
+is sliced ('train[:90%]') over a stable file order: files sorted by a hash of
+their path inside the split folder, which mixes the classes (a slice keeps
+every class) and stays the same on every machine and listing order.
+
+`unlabeled_image_folder` reads every image under its root, at any depth, with
+label -1: distillation needs no labels, so any images can teach (e.g. images
+from another domain); `num_classes` is the teacher's.
+"""
+
+import hashlib
+import os
+from typing import List, Sequence, Tuple
+
+import gin
+import tensorflow as tf
+
+from fmx.data import decoding, files, network
+from fmx.data.source import UNLABELED, Source, slice_bounds, split_name
+from fmx.errors import UserError
+from fmx.registry import DATASETS
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+_SIZE_SAMPLES = 8  # images decoded to estimate a split's decoded size
+
+
+def _images_under(folder: str) -> List[str]:
+  found = []
+  for directory, _, names in tf.io.gfile.walk(folder):
+    found += [os.path.join(directory, name) for name in names
+              if name.lower().endswith(IMAGE_EXTENSIONS)]
+  return found
+
+
+def _split_root(root: str, split: str, key: str) -> str:
+  folder = files.for_split(root, split)
+  network.require_cloud_storage(folder, key)
+  if not tf.io.gfile.isdir(folder):
+    raise UserError(f'{key} = {root!r}: {folder!r} (split {split!r}) is not a '
+                    'folder. Check the path; {split} in it is replaced by the '
+                    "split's name (e.g. train, validation, test).")
+  return folder
+
+
+def _class_names(root: str, folder: str) -> List[str]:
+  if files.SPLIT_PLACEHOLDER in root:
+    folders = tf.io.gfile.glob(os.path.join(
+        root.replace(files.SPLIT_PLACEHOLDER, '*'), '*'))
+  else:
+    folders = [os.path.join(folder, name) for name in tf.io.gfile.listdir(folder)]
+  return sorted({os.path.basename(f.rstrip('/')) for f in folders
+                 if tf.io.gfile.isdir(f)})
+
+
+def _stable_order(paths: Sequence[str], folder: str) -> List[str]:
+  def key(path):
+    relative = os.path.relpath(path, folder).replace(os.sep, '/')
+    return hashlib.sha1(relative.encode('utf-8')).hexdigest(), relative
+  return sorted(paths, key=key)
+
+
+def _source(name: str, split: str, paths: List[str], labels: List[int],
+            num_classes: int, channels: int, skip_corrupt: bool,
+            labeled: bool) -> Source:
+  base, start, stop = slice_bounds(split, {split_name(split): len(paths)})
+  del base
+  paths, labels = paths[start:stop], labels[start:stop]
+  paths_tensor = tf.constant(paths)
+  records = tf.data.Dataset.from_tensor_slices(
+      (paths_tensor, tf.constant(labels, tf.int64)))
+
+  def decode(path, label):
+    return {'image': decoding.decode_image(tf.io.read_file(path), channels),
+            'label': label}
+
+  dataset, corrupt = decoding.decode_examples(
+      records, len(paths), lambda element: decode(*element),
+      lambda position: paths_tensor[position], source_name=name,
+      channels=channels, skip_corrupt=skip_corrupt)
+  return Source(name=name, dataset=dataset, num_examples=len(paths),
+                num_classes=num_classes, channels=channels, labeled=labeled,
+                decoded_bytes=_decoded_bytes(paths, channels), corrupt=corrupt)
+
+
+def _decoded_bytes(paths: List[str], channels: int):
+  """len(paths) x the mean decoded size of a few evenly spaced images."""
+  step = max(1, len(paths) // _SIZE_SAMPLES)
+  pixels = []
+  for path in paths[::step][:_SIZE_SAMPLES]:
+    try:
+      shape = decoding.decode_image(tf.io.read_file(path), channels).shape
+    except tf.errors.OpError:
+      continue  # a corrupt image: the pipeline names or skips it later
+    pixels.append(shape[0] * shape[1])
+  if not pixels:
+    return None
+  return int(len(paths) * sum(pixels) / len(pixels) * channels)
+
+
+@DATASETS.register(denylist=('split', 'skip_corrupt'))
+def image_folder(split: str, root: str = gin.REQUIRED, channels: int = 3,
+                 skip_corrupt: bool = False) -> Source:
+  """Images in one subfolder per class (JPEG/PNG); classes in sorted order."""
+  key = 'image_folder.root'
+  folder = _split_root(root, split, key)
+  classes = _class_names(root, folder)
+  if not classes:
+    raise UserError(
+        f'{key} = {root!r}: {folder!r} (split {split!r}) has no class '
+        'subfolders; image_folder expects one subfolder of images per class. '
+        'For images without classes use unlabeled_image_folder.')
+  pairs: List[Tuple[str, int]] = []
+  for label, name in enumerate(classes):
+    class_folder = os.path.join(folder, name)
+    if tf.io.gfile.isdir(class_folder):
+      pairs += [(path, label) for path in _images_under(class_folder)]
+  if not pairs:
+    raise UserError(f'{key} = {root!r}: the class folders of {folder!r} (split '
+                    f'{split!r}) hold no {"/".join(IMAGE_EXTENSIONS)} images.')
+  label_of = dict(pairs)
+  paths = _stable_order(label_of, folder)
+  return _source(f'image_folder:{split}', split, paths,
+                 [label_of[p] for p in paths], len(classes), channels,
+                 skip_corrupt, labeled=True)
+
+
+@DATASETS.register(denylist=('split', 'skip_corrupt'))
+def unlabeled_image_folder(split: str, root: str = gin.REQUIRED,
+                           num_classes: int = gin.REQUIRED, channels: int = 3,
+                           skip_corrupt: bool = False) -> Source:
+  """Every image under a folder (JPEG/PNG), label -1: for distillation."""
+  key = 'unlabeled_image_folder.root'
+  folder = _split_root(root, split, key)
+  paths = _stable_order(_images_under(folder), folder)
+  if not paths:
+    raise UserError(f'{key} = {root!r}: {folder!r} (split {split!r}) holds no '
+                    f'{"/".join(IMAGE_EXTENSIONS)} images, at any depth.')
+  return _source(f'unlabeled_image_folder:{split}', split, paths,
+                 [UNLABELED] * len(paths), num_classes, channels, skip_corrupt,
+                 labeled=False)

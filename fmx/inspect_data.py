@@ -1,0 +1,185 @@
+"""`fmx inspect-data`: one augmented training batch, as the model sees it.
+
+Writes a PNG grid of the first training batch the gin config produces and
+prints what is hard to see in it: how many distinct MixUp pairs it holds, its
+MixUp coefficient, and the area of every inception crop. The crop areas are
+recomputed by re-running the crop's sampler with the very stateless seeds the
+pipeline used (fmx.data.pipeline.Data.image_seed / op_seed), so they are the
+crops in the picture, not a fresh draw.
+
+MixUp runs per replica (Data.mixup_scope = 'replica'): the batch shown is the
+batch of one input pipeline, `Training.global_batch_size` unless
+--batch_size gives a replica's share.
+"""
+
+import inspect
+import math
+from typing import List, Optional, Sequence
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from fmx import gin_config
+from fmx.augmentations import mixup as mixup_lib
+from fmx.data import decoding
+from fmx.data.pipeline import Data
+from fmx.registry import AUGMENTATIONS
+
+DEFAULT_BATCH_SIZE = 32
+MAX_SHOWN = 64  # images in the grid; statistics cover the whole batch
+_CROP_OP = 'inception_crop'
+
+
+def bound_value(configurable: str, parameter: str, default):
+  """The gin value of `configurable.parameter`, else `default`."""
+  try:
+    return gin.query_parameter(f'{configurable}.{parameter}')
+  except ValueError:
+    return default
+
+
+def _op_parameter(op_name: str, parameter: str):
+  signature = inspect.signature(AUGMENTATIONS.get(op_name))
+  return bound_value(f'augmentations.{op_name}', parameter,
+                     signature.parameters[parameter].default)
+
+
+def inception_crop_area(image_shape, seed) -> float:
+  """Area fraction `inception_crop` keeps of an image, for this seed.
+
+  Re-runs the op's sampler with its gin parameters: the sampler depends only
+  on the image's shape and the seed, so this is the crop the op took.
+  """
+  _, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      image_shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+      seed=seed,
+      min_object_covered=_op_parameter(_CROP_OP, 'min_object_covered'),
+      aspect_ratio_range=_op_parameter(_CROP_OP, 'aspect_ratio_range'),
+      area_range=_op_parameter(_CROP_OP, 'area_range'),
+      max_attempts=10, use_image_if_no_bounding_boxes=True)
+  height, width = int(image_shape[0]), int(image_shape[1])
+  return int(crop_size[0]) * int(crop_size[1]) / (height * width)
+
+
+def crop_areas(data: Data, seed: int, positions, raw_images) -> List[float]:
+  """The inception crop areas of a batch's images (one per crop op and image)."""
+  areas = []
+  for position, image in zip(positions, raw_images):
+    image_seed = data.image_seed(seed, position)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    for index, (name, op) in enumerate(zip(data.train_augmentations,
+                                           data.train_ops)):
+      op_seed = data.op_seed(image_seed, index)
+      if name == _CROP_OP:
+        areas.append(inception_crop_area(tf.shape(image), op_seed))
+      image = op(image, op_seed, size=data.image_size)
+  return areas
+
+
+def batch_statistics(data: Data, seed: int, batch_size: int) -> dict:
+  """The first training batch and what it holds (see the module docstring)."""
+  source = data.source('train')
+  batch = next(iter(data.train_dataset_fn(batch_size, seed, source=source)))
+  raw = list(data.train_examples(seed, source=source).take(batch_size))
+  positions = [int(position) for position, _ in raw]
+  stats = {
+      'source': source.name, 'images': batch['image'].numpy(),
+      'labels': batch['label'].numpy(), 'batch_size': batch_size,
+      'seed': seed, 'image_shape': tuple(batch['image'].shape[1:]),
+      'crop_areas': crop_areas(data, seed, positions,
+                               [example['image'] for _, example in raw]),
+      'mixup': data.mixup_name, 'partners': None, 'distinct_pairs': None,
+      'coefficient': None, 'coefficient_kind': None,
+  }
+  if data.mixup is not None:
+    mixup_seed = data.mixup_seed(seed, 0)
+    partners = mixup_lib.PARTNERS[data.mixup_name](batch_size, mixup_seed)
+    # The same call as the pipeline's, on the same batch before MixUp, to read
+    # the coefficient the batch was mixed with.
+    unmixed = tf.stack([data.augment_example(seed, position, example)["image"]
+                        for position, example in raw])
+    _, coefficient = data.mixup(unmixed, mixup_seed)
+    stats.update(
+        partners=partners.numpy(), coefficient=float(coefficient),
+        distinct_pairs=mixup_lib.distinct_pairs(partners.numpy()),
+        coefficient_kind=bound_value(
+            f'augmentations.{data.mixup_name}', 'coefficient', 'uniform'))
+  return stats
+
+
+def describe(stats: dict) -> str:
+  """The lines `fmx inspect-data` prints."""
+  images, n = stats['images'], stats['batch_size']
+  lines = [f'batch: {n} images of {"x".join(map(str, stats["image_shape"]))} '
+           f'from {stats["source"]} (seed {stats["seed"]}, first batch, one '
+           'input pipeline: MixUp runs per replica)',
+           f'pixels: min {images.min():.3f}  mean {images.mean():.3f}  '
+           f'max {images.max():.3f}',
+           f'labels: {len(set(stats["labels"].tolist()))} distinct']
+  if stats['mixup']:
+    lines.append(f'mixup: {stats["mixup"]}, coefficient a = '
+                 f'{stats["coefficient"]:.4f} ({stats["coefficient_kind"]}); '
+                 f'{stats["distinct_pairs"]} distinct pairs in {n} images')
+  else:
+    lines.append('mixup: none')
+  areas = np.array(stats['crop_areas'])
+  if areas.size:
+    lines.append(f'{_CROP_OP} areas: min {areas.min():.1%}  median '
+                 f'{np.median(areas):.1%}  max {areas.max():.1%}  '
+                 f'({np.mean(areas >= 0.999):.0%} whole images)')
+  else:
+    lines.append(f'{_CROP_OP}: not in Data.train_augmentations')
+  return '\n'.join(lines)
+
+
+def write_grid(stats: dict, data: Data, path: str) -> None:
+  """Saves up to MAX_SHOWN images of the batch as a PNG grid."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  images = np.clip(data.to_unit_range(stats['images'][:MAX_SHOWN]), 0, 1)
+  columns = math.ceil(math.sqrt(len(images)))
+  rows = math.ceil(len(images) / columns)
+  figure, axes = pyplot.subplots(rows, columns, squeeze=False,
+                                 figsize=(1.6 * columns, 1.7 * rows + 0.4))
+  for index, axis in enumerate(axes.flat):
+    axis.axis('off')
+    if index >= len(images):
+      continue
+    image = images[index]
+    axis.imshow(image[..., 0] if image.shape[-1] == 1 else image,
+                cmap='gray' if image.shape[-1] == 1 else None, vmin=0, vmax=1)
+    title = f'#{index} y={stats["labels"][index]}'
+    if stats['partners'] is not None:
+      title += f' +#{stats["partners"][index]}'
+    axis.set_title(title, fontsize=7)
+  mixing = (f'{stats["mixup"]} a={stats["coefficient"]:.2f}, '
+            f'{stats["distinct_pairs"]} distinct pairs'
+            if stats['mixup'] else 'no mixup')
+  figure.suptitle(f'{stats["source"]}: {stats["batch_size"]} images, {mixing}',
+                  fontsize=9)
+  figure.tight_layout()
+  with tf.io.gfile.GFile(path, 'wb') as f:
+    figure.savefig(f, format='png', dpi=100)
+  pyplot.close(figure)
+
+
+def inspect_data(gin_files: Sequence[str], bindings: Sequence[str] = (),
+                 out: str = 'inspect_data.png',
+                 batch_size: Optional[int] = None) -> dict:
+  """Parses the config, writes the grid to `out`, returns the statistics."""
+  gin_config.parse(gin_files, bindings)
+  data = Data()
+  batch_size = batch_size or bound_value('Training', 'global_batch_size',
+                                         DEFAULT_BATCH_SIZE)
+  seed = bound_value('Training', 'seed', 0)
+  try:
+    stats = batch_statistics(data, seed, batch_size)
+  except tf.errors.OpError as e:
+    user_error = decoding.as_user_error(e)
+    if user_error is None:
+      raise
+    raise user_error from None
+  write_grid(stats, data, out)
+  return stats

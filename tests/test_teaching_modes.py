@@ -1,0 +1,97 @@
+"""Each way to teach gives teacher and student exactly the documented inputs."""
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+from official.core import config_definitions as cfg
+
+from conftest import tiny_student_gin
+from fmx.errors import UserError
+from fmx.tasks import teaching
+from fmx.tasks.distillation import DistillationTask
+from fmx.training.settings import Optimizer
+
+
+class Recorder(tf_keras.Model):
+  """Wraps a model and keeps a copy of every input it is called with."""
+
+  def __init__(self, inner):
+    super().__init__()
+    self.inner = inner
+    self.seen = []
+
+  def call(self, images, training=False):
+    self.seen.append(np.array(images))
+    return self.inner(images, training=training)
+
+
+def _step(teacher_dir, tmp_path, mode):
+  gin.parse_config(tiny_student_gin(str(tmp_path / 'student'), teacher_dir) + f"""
+      distillation.teaching = '{mode}'
+      distillation.teacher_output_cache = '{tmp_path / 'cache'}'""")
+  tf_keras.utils.set_random_seed(0)
+  task = DistillationTask(params=cfg.TaskConfig())
+  student = task.build_model()
+  optimizer = task.create_optimizer(Optimizer().config(train_steps=10))
+  batch = next(iter(task.build_inputs(cfg.DataConfig(is_training=True,
+                                                     global_batch_size=8))))
+  teacher, student_recorder = Recorder(task.teacher), Recorder(student)
+  task.teacher = teacher
+  task.train_step(batch, student_recorder, optimizer, metrics=[])
+  return task, batch, teacher.seen, student_recorder.seen
+
+
+def _unmixed_views(task, seed_offset=0):
+  """The first 8 training views without MixUp, recomputed from the pipeline."""
+  data = task.data
+  examples = data.train_examples(task.training.seed, None, task.sources['train'])
+  views = [data.augment_example(task.training.seed + seed_offset, p, e)
+           for p, e in examples.take(8)]
+  return np.stack([v['image'].numpy() for v in views])
+
+
+@pytest.mark.parametrize('mode', teaching.MODES)
+def test_mode_inputs(mode, trained_teacher, tmp_path):
+  task, batch, teacher_seen, student_seen = _step(trained_teacher[0], tmp_path, mode)
+  student_input = student_seen[0]
+  np.testing.assert_array_equal(student_input, batch['image'].numpy())
+  plain = _unmixed_views(task)
+  if mode == 'function_matching':
+    np.testing.assert_array_equal(teacher_seen[0], student_input)
+    assert not np.allclose(student_input, plain), 'MixUp should blend the batch'
+  elif mode == 'consistent':
+    np.testing.assert_array_equal(teacher_seen[0], student_input)
+    np.testing.assert_allclose(student_input, plain, atol=1e-6)  # no MixUp
+  elif mode == 'independent_noise':
+    np.testing.assert_allclose(student_input, plain, atol=1e-6)
+    teacher_view = _unmixed_views(task, teaching._TEACHER_VIEW_SEED_OFFSET)  # pylint: disable=protected-access
+    np.testing.assert_allclose(teacher_seen[0], teacher_view, atol=1e-6)
+    assert not np.allclose(teacher_seen[0], student_input), 'views must differ'
+  else:  # fixed_teacher: no teacher call in the step; outputs from the cache
+    assert teacher_seen == []
+    np.testing.assert_allclose(student_input, plain, atol=1e-6)
+    # The cached outputs are the teacher on the central (eval) view of the
+    # very examples of the batch, recomputed here independently.
+    source = task.sources['train']
+    eval_view = task.data.eval_dataset_fn(512, source=source)
+    all_images = np.concatenate([b['image'].numpy() for b in eval_view])
+    expected = task.teacher.inner(all_images[batch['index'].numpy()], training=False)
+    np.testing.assert_allclose(tf.gather(task.fixed_logits, batch['index']).numpy(),
+                               expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_fixed_teacher_outputs_are_cached_on_disk(trained_teacher, tmp_path):
+  _step(trained_teacher[0], tmp_path, 'fixed_teacher')
+  cached = list((tmp_path / 'cache').glob('*.npy'))
+  assert len(cached) == 1
+  stamp = cached[0].stat().st_mtime_ns
+  gin.clear_config()
+  _step(trained_teacher[0], tmp_path, 'fixed_teacher')  # reuses, not rewrites
+  assert cached[0].stat().st_mtime_ns == stamp
+
+
+def test_unknown_mode_is_a_user_error():
+  with pytest.raises(UserError, match="distillation.teaching = 'matching'"):
+    teaching.check_mode('matching')
