@@ -3,8 +3,8 @@
 One table (stdout) and MODEL_DIR/report.json compare, all measured in the
 same process on the run's test split:
 
-- teacher: a distillation run's teacher (absent for a teacher run);
-- student: the run's own model, float32 (for a teacher run, the teacher);
+- teacher: a distillation run's teacher, or a teacher run's own model;
+- student: a distillation run's own model, float32;
 - each export of the run (default: everything in MODEL_DIR/export/, where
   `fmx export` writes).
 
@@ -17,7 +17,7 @@ like with like:
   of the export. The teacher's run checkpoint is larger (it also holds the
   optimiser's slots); report.json lists it as `checkpoint_bytes`.
 - top-1 on the run's test split; agreement: how often a model's argmax
-  equals the teacher's (for a teacher run: the float32 model's).
+  equals the teacher's (in float32, the first row).
 - latency per image, p50 and p90 over `latency_runs` calls, at batch 1 and
   at batch 32 (a call's time / 32), after warm-up calls, the models taking
   turns call by call; TensorFlow with its default thread pools and TFLite
@@ -107,7 +107,7 @@ def open_model(path: str):
 
 
 @dataclasses.dataclass
-class TestImages:
+class SplitImages:
   """The run's test split as served: raw uint8 images and their labels."""
   images: List[np.ndarray]
   labels: np.ndarray
@@ -143,7 +143,7 @@ def _resize_uint8(image: np.ndarray, size) -> np.ndarray:
   return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
 
 
-def read_test_images(restored: evaluate.RestoredRun) -> TestImages:
+def read_test_images(restored: evaluate.RestoredRun) -> SplitImages:
   task = restored.setup.task
   images, labels = [], []
   for example in task.sources['test'].dataset.as_numpy_iterator():
@@ -152,16 +152,16 @@ def read_test_images(restored: evaluate.RestoredRun) -> TestImages:
   if not images:
     raise UserError(f'the test split {task.data.test_split!r} is empty; set '
                     'Data.test_split to a split with images.')
-  return TestImages(images, np.array(labels), task.data.image_size)
+  return SplitImages(images, np.array(labels), task.data.image_size)
 
 
-def predict(runner, images: TestImages) -> np.ndarray:
+def predict(runner, images: SplitImages) -> np.ndarray:
   """The argmax class of every test image."""
   return np.concatenate([np.argmax(runner(batch), -1)
                          for batch in images.batches(runner.input_size)])
 
 
-def latencies_ms(runners: Sequence, images: TestImages, batch_size: int,
+def latencies_ms(runners: Sequence, images: SplitImages, batch_size: int,
                  runs: int) -> List[dict]:
   """p50 and p90 of milliseconds per image of each runner, at batch_size.
 
@@ -183,7 +183,7 @@ def latencies_ms(runners: Sequence, images: TestImages, batch_size: int,
           for row in per_image]
 
 
-def accuracy(predictions: np.ndarray, images: TestImages,
+def accuracy(predictions: np.ndarray, images: SplitImages,
              reference: Optional[np.ndarray]) -> dict:
   """top-1 on the labeled test images, and agreement with the reference."""
   labeled = images.labels >= 0
@@ -217,49 +217,21 @@ def report_run(model_dir: str, exports: Optional[Sequence[str]] = None,
     raise UserError(f'--latency_runs {latency_runs} must be at least 1.')
   export.check_finished(model_dir)
   exports = list(exports) if exports is not None else find_exports(model_dir)
-  exported = [(path, open_model(path)) for path in exports]
+  exported = [(path, open_model(path)) for path in exports]  # fail early
   restored = evaluate.restore_run(model_dir, export.EXPORT_BINDINGS)
-  task = restored.setup.task
   images = read_test_images(restored)
-  teacher = getattr(task, 'teacher', None)
   params = restored.trainer.model.count_params()
   checkpoint_time = _mtime(restored.checkpoint + '.index')
-
-  rows, runners = [], []
   with tempfile.TemporaryDirectory(prefix='fmx-report-') as tmp:
-    references = [('teacher', True, teacher.count_params(),
-                   _teacher_checkpoint(task))] if teacher is not None else []
-    references.append(('student' if teacher is not None else 'model', False,
-                       params, restored.checkpoint))
-    for name, is_teacher, count, checkpoint in references:
-      path = os.path.join(tmp, name)
-      export.save_saved_model(export.Servable.from_run(restored, is_teacher), path)
-      runners.append(SavedModelRunner(path))
-      rows.append({'name': name, 'path': None, 'bytes': export.file_size(path),
-                   'params': count, 'checkpoint_bytes': checkpoint_bytes(checkpoint)})
+    rows, runners = _float_models(restored, tmp)
     for path, runner in exported:
-      runners.append(runner)
-      rows.append({'name': (os.path.relpath(path, model_dir)
-                            if path.startswith(model_dir) else path),
+      relative = os.path.relpath(path, model_dir)
+      rows.append({'name': path if relative.startswith('..') else relative,
                    'path': path, 'bytes': export.file_size(path), 'params': params,
                    'older_than_checkpoint': _mtime(path) < checkpoint_time})
-
-    reference = None  # the first row's predictions: the teacher's
-    for row, runner in zip(rows, runners):
-      predictions = predict(runner, images)
-      row.update(format=runner.kind, **accuracy(predictions, images, reference))
-      if reference is None:
-        reference = predictions
-    latency = {f'batch{b}': latencies_ms(runners, images, b, latency_runs)
-               for b in LATENCY_BATCHES}
-
-  base = rows[0]
-  for index, row in enumerate(rows):
-    row['latency_ms'] = {b: values[index] for b, values in latency.items()}
-  for row in rows:
-    row['size_ratio'] = base['bytes'] / row['bytes']
-    row['speedup'] = {b: base['latency_ms'][b]['p50'] / row['latency_ms'][b]['p50']
-                      for b in row['latency_ms']}
+      runners.append(runner)
+    _measure(rows, runners, images, latency_runs)
+  task = restored.setup.task
   report = {'run': model_dir, 'checkpoint': restored.checkpoint,
             'test_split': f'{task.data.eval_dataset}:{task.data.test_split}',
             'test_images': len(images.images), 'latency_runs': latency_runs,
@@ -268,6 +240,47 @@ def report_run(model_dir: str, exports: Optional[Sequence[str]] = None,
   run.write_text(out, json.dumps(report, indent=2) + '\n')
   report['written_to'] = out
   return report
+
+
+def _float_models(restored: evaluate.RestoredRun, folder: str):
+  """Rows and runners of the teacher and student as float32 SavedModels."""
+  task, checkpoint = restored.setup.task, restored.checkpoint
+  params = restored.trainer.model.count_params()
+  teacher = getattr(task, 'teacher', None)
+  # (name, is the distillation teacher, parameters, checkpoint)
+  models = [('teacher', False, params, checkpoint)]  # a teacher run's model
+  if teacher is not None:
+    models = [('teacher', True, teacher.count_params(), _teacher_checkpoint(task)),
+              ('student', False, params, checkpoint)]
+  rows, runners = [], []
+  for name, is_teacher, count, model_checkpoint in models:
+    path = os.path.join(folder, name)
+    export.save_saved_model(export.Servable.from_run(restored, is_teacher), path)
+    rows.append({'name': name, 'path': None, 'bytes': export.file_size(path),
+                 'params': count, 'checkpoint_bytes': checkpoint_bytes(model_checkpoint)})
+    runners.append(SavedModelRunner(path))
+  return rows, runners
+
+
+def _measure(rows: List[dict], runners: Sequence, images: SplitImages,
+             latency_runs: int) -> None:
+  """Adds accuracy, latency and the ratios to the first row to every row."""
+  reference = None  # the first row's predictions: the teacher's
+  for row, runner in zip(rows, runners):
+    predictions = predict(runner, images)
+    row.update(format=runner.kind, **accuracy(predictions, images, reference))
+    if reference is None:
+      reference = predictions
+  for batch_size in LATENCY_BATCHES:
+    key = f'batch{batch_size}'
+    for row, latency in zip(rows, latencies_ms(runners, images, batch_size,
+                                               latency_runs)):
+      row.setdefault('latency_ms', {})[key] = latency
+  base = rows[0]
+  for row in rows:
+    row['size_ratio'] = base['bytes'] / row['bytes']
+    row['speedup'] = {key: base['latency_ms'][key]['p50'] / latency['p50']
+                      for key, latency in row['latency_ms'].items()}
 
 
 def _teacher_checkpoint(task) -> Optional[str]:
@@ -284,7 +297,7 @@ def _megabytes(count: int) -> str:
 
 
 def format_table(report: dict) -> str:
-  """The report as a table; ratios are to the first row (the teacher)."""
+  """The report as a table; ratios are to the first row, the teacher."""
   header = ('', 'format', 'size', 'smaller', 'params', 'top-1', 'agreement',
             'ms/img b1 p50/p90', 'ms/img b32 p50/p90', 'faster b1/b32')
   rows = [header]

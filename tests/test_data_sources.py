@@ -5,7 +5,6 @@ Every registered dataset entry must have a maker in SOURCE_MAKERS: a new
 entry fails `test_every_entry_meets_the_source_contract` until it has one.
 """
 
-import io
 import os
 import shutil
 import socket

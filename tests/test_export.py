@@ -290,3 +290,19 @@ def test_report_finds_the_exports_fmx_export_writes(tmp_path):
   assert report.find_exports(str(tmp_path)) == [
       str(folder / 'model_int8.tflite'), str(folder / 'saved_model')]
   assert report.find_exports(str(tmp_path / 'elsewhere')) == []
+
+
+def test_a_teacher_run_exports_and_reports_its_own_model(trained_teacher, tmp_path):
+  model_dir, _, results = trained_teacher
+  out = str(tmp_path / 'teacher.tflite')
+  assert cli.main(['export', '--model_dir', model_dir, '--format', 'tflite',
+                   '--out', out]) == 0
+  report_json = str(tmp_path / 'report.json')
+  assert cli.main(['report', '--model_dir', model_dir, '--exports', out,
+                   '--latency_runs', '1', '--out', report_json]) == 0
+  teacher, exported = json.load(open(report_json))['models']
+  assert (teacher['name'], exported['name']) == ('teacher', out)
+  assert teacher['params'] == exported['params'] == results['params']
+  assert np.isclose(teacher['top1'], results['top1'])
+  assert np.isclose(exported['top1'], results['top1'])
+  assert exported['agreement'] >= 0.99 and exported['format'] == 'float32 TFLite'

@@ -108,8 +108,9 @@ def test_output_is_the_convex_combination_with_the_partner(name, coefficient):
   n = 8
   images = np.random.RandomState(0).rand(n, 5, 5, 3).astype(np.float32)
   partners, a = read_partners(name, n, seed=(4, 4), coefficient=coefficient, p=0.5)
-  mixed, a_real = AUGMENTATIONS.get(name)(tf.constant(images), tf.constant([4, 4], tf.int64),
-                                          coefficient=coefficient, p=0.5)
+  mixed, a_real = AUGMENTATIONS.get(name)(
+      tf.constant(images), tf.constant([4, 4], tf.int64),
+      coefficient=coefficient, p=0.5)
   assert float(a_real) == a
   if coefficient == 'beta':
     assert a >= 0.5  # folded, as the official implementation does

@@ -31,6 +31,13 @@ def test_teacher_run_writes_results_config_and_checkpoint(trained_teacher):
   assert "teacher.backbone = 'simple_cnn'" in config
   assert 'Training.epochs = 0.5' in config
   assert any(f.startswith('ckpt-8') for f in os.listdir(model_dir))
+  # The first augmented batch is in TensorBoard's images.
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(
+      os.path.join(model_dir, 'train'), size_guidance={'tensors': 0})
+  events.Reload()
+  images = events.Tensors('inputs/student')
+  assert images and len(images[0].tensor_proto.string_val) == 2 + 16  # w, h, PNGs
 
 
 def test_distillation_run_leaves_teacher_run_untouched(trained_teacher, tmp_path, capsys):
@@ -92,3 +99,35 @@ def test_second_run_resumes_from_checkpoint(trained_teacher, tmp_path, caplog, c
   steps = sorted(int(f.split('-')[1].split('.')[0]) for f in os.listdir(model_dir)
                  if f.startswith('ckpt-') and f.endswith('.index'))
   assert steps[-1] == 16 and 8 in steps
+
+
+def _corrupt_tfrecord_teacher_gin(tmp_path, skip: bool) -> str:
+  from test_data_sources import write_original_tfrecords  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / 'records')
+  write_original_tfrecords(root, sizes={'train': 24, 'test': 8}, corrupt=('train', 5))
+  pattern = os.path.join(root, '{split}', '*.tfrec')
+  text = tiny_teacher_gin(str(tmp_path / 'run'), epochs=1.0).replace(
+      "'mnist_embedded'", "'tfrecords'")
+  text = text.replace("Data.train_split = 'train[:256]'", "Data.train_split = 'train'")
+  text = text.replace("Data.eval_split = 'train[256:320]'", "Data.eval_split = 'test'")
+  text = text.replace("Data.test_split = 'test[:100]'", "Data.test_split = 'test'")
+  text += (f"\ntfrecords.file_pattern = '{pattern}'\ntfrecords.num_classes = 37\n"
+           "Training.global_batch_size = 8\nData.shuffle_buffer = 1\n"
+           f"Data.skip_corrupt = {skip}\n")
+  return write(tmp_path / 'teacher.gin', text)
+
+
+def test_corrupt_image_met_in_training_is_one_paragraph_error(tmp_path, capsys):
+  gin_file = _corrupt_tfrecord_teacher_gin(tmp_path, skip=False)
+  assert cli.main(['run', '--gin', gin_file]) == cli.EXIT_USER_ERROR
+  err = capsys.readouterr().err
+  errors = [l for l in err.splitlines() if l.startswith('fmx: error:')]
+  assert len(errors) == 1 and 'Traceback' not in err
+  assert 'train_pets37-0-24.tfrec' in err and 'Data.skip_corrupt = True' in err
+  assert not os.path.exists(tmp_path / 'run' / 'results.json')
+
+
+def test_corrupt_image_skipped_and_counted_in_results(tmp_path):
+  results = run.run([_corrupt_tfrecord_teacher_gin(tmp_path, skip=True)])
+  assert results['skipped_corrupt'] == 1
+  assert json.load(open(tmp_path / 'run' / 'results.json'))['skipped_corrupt'] == 1

@@ -19,6 +19,7 @@ as a tf.errors.InvalidArgumentError; `as_user_error` turns it back into the
 one-paragraph UserError it stands for.
 """
 
+import contextlib
 import re
 import sys
 from typing import Callable, Iterable, Optional
@@ -152,3 +153,15 @@ def as_user_error(error: Exception) -> Optional[UserError]:
   match = re.search(re.escape(ERROR_MARKER) + r'(.*?)' + re.escape(END_MARKER),
                     str(error), re.DOTALL)
   return UserError(match[1]) if match else None
+
+
+@contextlib.contextmanager
+def data_errors_as_user_errors():
+  """Re-raises a data check that failed inside a TF graph as its UserError."""
+  try:
+    yield
+  except tf.errors.OpError as e:
+    user_error = as_user_error(e)
+    if user_error is None:
+      raise
+    raise user_error from None

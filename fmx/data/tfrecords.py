@@ -5,8 +5,11 @@ like `train/train_pets37-0-128.tfrec`, `validation/...`, `test/...`; they
 load as they are:
 
     Data.train_dataset = 'tfrecords'
-    datasets.tfrecords.file_pattern = 'gs://bucket/pets37/{split}/*.tfrec'
-    datasets.tfrecords.num_classes = 37
+    tfrecords.file_pattern = 'gs://bucket/pets37/{split}/*.tfrec'
+    tfrecords.num_classes = 37
+
+(gin/data/pets37_tfrecords.gin holds the rest.) `image_key` / `label_key`
+name other features; any image format TensorFlow decodes works.
 
 TFRecord files have no index, so a split's records are counted once, when it
 is opened: every record is read and its label parsed, but no image is decoded
@@ -99,7 +102,8 @@ def _label_of(record: bytes, label_key: str) -> Tuple[Optional[int], str]:
 def _scan(path: str, label_key: str, stop_at=None) -> Tuple[_FileStats, list]:
   """Reads one file record by record: its stats and [(index, problem)].
 
-  `stop_at(index, label)` ends the scan early when it returns True.
+  `stop_at(index, label, problem)` ends the scan at the record for which it
+  returns True (label None and problem set for a record without one).
   """
   stats, problems = _FileStats(records=0, low=2 ** 62, high=-2 ** 62), []
   iterator = iter(tf.data.TFRecordDataset(path))
@@ -172,6 +176,10 @@ def _check(paths, stats, split, num_classes, label_key, skip_corrupt) -> None:
           f'{split!r}) has label {label}, outside [0, {num_classes}) set by '
           f'{_KEY}.num_classes. Set num_classes to the number of classes of '
           'the data, or fix the labels.')
+  if sum(s.records for s in stats) == 0:
+    raise UserError(f'the {len(paths)} TFRecord file(s) for split {split!r} '
+                    f'(e.g. {paths[0]!r}) hold no readable record; check '
+                    f'{_KEY}.file_pattern and the files.')
   if sum(s.records - s.missing_labels for s in stats) == 0:
     raise UserError(f'no record of the TFRecord files for split {split!r} '
                     f'(e.g. {paths[0]!r}) has a readable int64 {label_key!r} '
@@ -244,9 +252,10 @@ def _decoded_bytes(records, count: int, image_key: str, channels: int):
     first = next(iter(records.take(1)))
     encoded = tf.io.parse_single_example(
         first, {image_key: tf.io.FixedLenFeature([], tf.string)})[image_key]
-    height, width = tf.image.extract_jpeg_shape(encoded).numpy()[:2] if bool(
-        tf.io.is_jpeg(encoded)) else decoding.decode_image(
-            encoded, channels).shape[:2]
+    if bool(tf.io.is_jpeg(encoded)):  # reads the header only
+      height, width = tf.image.extract_jpeg_shape(encoded).numpy()[:2]
+    else:
+      height, width = decoding.decode_image(encoded, channels).shape[:2]
   except (tf.errors.OpError, StopIteration):
     return None
   return int(count) * int(height) * int(width) * channels

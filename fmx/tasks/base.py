@@ -14,6 +14,7 @@ import tf_keras
 from official.core import base_task
 
 from fmx.data.pipeline import Data
+from fmx.data.source import Source
 from fmx.registry import BACKBONES
 from fmx.training.settings import Training
 
@@ -47,10 +48,15 @@ class FmxTask(base_task.Task):
     batch_size = (input_context.get_per_replica_batch_size(params.global_batch_size)
                   if input_context else params.global_batch_size)
     if params.is_training:
-      return self.data.train_dataset_fn(batch_size, self.training.seed,
-                                        input_context, self.sources['train'])
+      return self.train_inputs(batch_size, self.sources['train'], input_context)
     return self.data.eval_dataset_fn(batch_size, input_context,
                                      self.sources[params.input_path or EVAL_SPLIT])
+
+  def train_inputs(self, batch_size: int, source: Source,
+                   input_context=None) -> tf.data.Dataset:
+    """Training batches from `source` (tasks may feed their models otherwise)."""
+    return self.data.train_dataset_fn(batch_size, self.training.seed,
+                                      input_context, source)
 
   def build_backbone(self, entry_name: str, scope: str) -> tf_keras.Model:
     """Builds a backbone entry with the gin parameters of `scope/entry`."""

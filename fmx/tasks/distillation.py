@@ -91,14 +91,9 @@ class DistillationTask(FmxTask):
           self.teacher_output_cache))
     return self.build_backbone(self.student_backbone, scope='student')
 
-  def build_inputs(self, params, input_context=None) -> tf.data.Dataset:
-    if not params.is_training:
-      return super().build_inputs(params, input_context)
-    batch_size = (input_context.get_per_replica_batch_size(params.global_batch_size)
-                  if input_context else params.global_batch_size)
+  def train_inputs(self, batch_size, source, input_context=None):
     return teaching_lib.train_dataset(self.data, self.teaching, batch_size,
-                                      self.training.seed, input_context,
-                                      self.sources['train'])
+                                      self.training.seed, input_context, source)
 
   def build_metrics(self, training: bool = True):
     names = TRAIN_METRICS if training else EVAL_METRICS

@@ -26,6 +26,11 @@ class TeacherTask(FmxTask):
     if not getattr(self.loss_fn, 'takes_labels', False):
       raise UserError(f'teacher.loss = {loss!r} compares two models; the teacher '
                       "task needs a supervised loss such as 'cross_entropy'.")
+    if not self.sources['train'].labeled:
+      raise UserError(f'the teacher task trains on labels, but '
+                      f'{self.sources["train"].name!r} is unlabeled; train the '
+                      'teacher on labeled data (unlabeled images can still be '
+                      'distillation data).')
     if self.data.mixup is not None:
       raise UserError('the teacher task trains on labels, which fmx does not '
                       'mix; set Data.mixup = None in the teacher\'s gin file.')

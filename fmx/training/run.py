@@ -22,11 +22,13 @@ from official.core import config_definitions as cfg
 from official.core import train_lib
 
 from fmx import gin_config
+from fmx.data import decoding
 from fmx.errors import UserError
 from fmx.registry import TASKS
 from fmx.tasks import teacher_run
 from fmx.tasks.base import EVAL_SPLIT, TEST_SPLIT
 from fmx.training import dry_run as dry_run_lib
+from fmx.training import input_images
 from fmx.training import progress
 from fmx.training.settings import Experiment, Optimizer, Runtime, Training
 
@@ -60,6 +62,10 @@ def _run(gin_files, bindings, model_dir, dry_run_root: Optional[str]) -> dict:
     teacher = _teacher_run_to_train()
     if teacher and dry_run_root is not None:
       teacher = (dry_run_lib.teacher_dir(dry_run_root, teacher[1]), teacher[1])
+    if teacher:
+      # Absolute in the operative config, so eval and export of this run
+      # work from any folder.
+      teacher = (os.path.abspath(teacher[0]), teacher[1])
       bindings.append(f'distillation.teacher_run = {teacher[0]!r}')
     if teacher and not teacher_run.is_finished(teacher[0]):
       print(f'Teacher run {teacher[0]} has no finished checkpoint: training it '
@@ -76,7 +82,10 @@ def _run(gin_files, bindings, model_dir, dry_run_root: Optional[str]) -> dict:
   if not model_dir:
     raise UserError('no model_dir: pass --model_dir DIR or set '
                     "Experiment.model_dir = '...' in the gin file.")
-  return train_and_evaluate(experiment.task, model_dir)
+  # A data check failing inside the TF graph (a corrupt image met in
+  # training) ends as its one-paragraph UserError.
+  with decoding.data_errors_as_user_errors():
+    return train_and_evaluate(experiment.task, model_dir)
 
 
 def _teacher_run_to_train() -> Optional[Tuple[str, str]]:
@@ -143,25 +152,29 @@ def train_and_evaluate(task_name: str, model_dir: str) -> dict:
       eval_actions=[progress.EvalPrinter(bar)])
   trainer = runner.trainer
   bar.attach(trainer.global_step)  # the controller has restored it by now
-  # Written now that the model and data are built: gin lists only the
-  # parameters actually used.
-  _write_operative_config(model_dir, gin.operative_config_str())
-  if task_name == 'teacher':
-    teacher_run.write_architecture(trainer.model, model_dir)
+  try:
+    # Written now that the model and data are built: gin lists only the
+    # parameters actually used.
+    _write_operative_config(model_dir, gin.operative_config_str())
+    if task_name == 'teacher':
+      teacher_run.write_architecture(trainer.model, model_dir)
+    input_images.log_first_batch(task, model_dir, int(trainer.global_step.numpy()))
 
-  start = time.perf_counter()
-  # The controller directly, not runner.run(): that also profiles the model to
-  # count FLOPs, which costs ~20 s and prints TF1 warnings on every run.
-  with strategy.scope():
-    runner.controller.train_and_evaluate(
-        train_steps=setup.train_steps, eval_steps=-1,
-        eval_interval=params.trainer.validation_interval)
-  bar.close()
+    start = time.perf_counter()
+    # The controller directly, not runner.run(): that also profiles the model to
+    # count FLOPs, which costs ~20 s and prints TF1 warnings on every run.
+    with strategy.scope():
+      runner.controller.train_and_evaluate(
+          train_steps=setup.train_steps, eval_steps=-1,
+          eval_interval=params.trainer.validation_interval)
+  finally:
+    bar.close()  # an error then starts on its own line
   train_seconds = time.perf_counter() - start
 
   results = evaluate_split(setup, trainer, TEST_SPLIT,
                            summary_dir=os.path.join(model_dir, 'test'))
-  results.update(train_seconds=round(train_seconds, 1))
+  results.update(train_seconds=round(train_seconds, 1),
+                 skipped_corrupt=decoding.total_skipped(task.sources.values()))
   # results.json marks the run finished: write it last, atomically.
   write_text(os.path.join(model_dir, teacher_run.RESULTS_FILE),
               json.dumps(results, indent=2, sort_keys=True) + '\n')
