@@ -16,6 +16,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from fmx.errors import UserError
+from fmx.grid import RESULTS_FILE
 
 _SEED = re.compile(r'(^|,)[\w.]*seed=[^,]*')
 CURVES = ('student_top1', 'agreement', 'top1')  # validation tags, as logged
@@ -28,7 +29,7 @@ def find_runs(folders: Sequence[str]) -> List[str]:
     if not os.path.isdir(folder):
       raise UserError(f'{folder!r} is not a folder; pass run folders or grid roots.')
     for root, dirs, files in os.walk(folder):
-      if 'results.json' in files:
+      if RESULTS_FILE in files:
         runs.append(root)
         dirs[:] = []  # a run's subfolders are its summaries, not runs
   if not runs:
@@ -63,7 +64,7 @@ def summarize(folders: Sequence[str]) -> Dict[str, dict]:
   """group -> {'runs': [...], 'final': {metric: [values]}, 'best': {...}}."""
   groups: Dict[str, dict] = collections.OrderedDict()
   for run_dir in find_runs(folders):
-    with open(os.path.join(run_dir, 'results.json')) as f:
+    with open(os.path.join(run_dir, RESULTS_FILE)) as f:
       results = json.load(f)
     group = groups.setdefault(group_name(run_dir), {
         'runs': [], 'final': collections.defaultdict(list),

@@ -42,6 +42,7 @@ from fmx.data.pipeline import Data
 from fmx.data.source import Source
 from fmx.errors import UserError
 from fmx.tasks import teacher_run
+from fmx.tasks.base import fit_to_model
 from fmx.training import evaluate, run
 
 FORMATS = ('saved_model', 'tflite')
@@ -86,7 +87,9 @@ class Servable:
       images = op(images, data.op_seed(zero_seed, index), size=data.image_size)
     images = tf.image.resize(images, (data.image_size, data.image_size))
     low, high = data.value_range
-    return images * (high - low) + low
+    # A student trained at its own resolution gets its own resize, as in
+    # training (fmx.tasks.base.fit_to_model).
+    return fit_to_model(self.model, images * (high - low) + low)
 
   def serving_function(self, input_size: Optional[int] = None):
     """The signature's tf.function: any height and width unless input_size."""

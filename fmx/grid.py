@@ -29,7 +29,7 @@ import gin
 
 from fmx.errors import UserError
 
-RESULTS_FILE = 'results.json'
+RESULTS_FILE = 'results.json'  # fmx.tasks.teacher_run.RESULTS_FILE, without TF
 LOG_FILE = 'log.txt'
 # Final metrics the HParams dashboard shows, read from each point's test/ and
 # validation/ summaries (tags as the tasks write them).
@@ -108,6 +108,11 @@ def run_grid(gin_files: Sequence[str], axes: Dict[str, Sequence], root: str,
     raise UserError('the grid has no axes: pass --axis "KEY = [v1, v2]" or set '
                     'Grid.axes in the gin file.')
   grid_points = points(axes)
+  names = [p.name for p in grid_points]
+  clashes = sorted({n for n in names if names.count(n) > 1})
+  if clashes:
+    raise UserError(f'grid points {clashes} would share a folder (values that '
+                    'differ only in punctuation); make the axis values distinct.')
   os.makedirs(root, exist_ok=True)
   write_hparams_config(root, axes)
   outcomes, pending = [], []
@@ -122,9 +127,10 @@ def run_grid(gin_files: Sequence[str], axes: Dict[str, Sequence], root: str,
   running = []
   try:
     while pending or running:
-      # The first point runs alone: it may train a shared teacher first,
-      # which parallel points must not all start at once.
-      first_alone = not outcomes and running
+      # Points run alone until one has succeeded: it may train a shared
+      # teacher first, which parallel points must not all start at once.
+      first_alone = running and not any(o.status in ('done', 'finished')
+                                        for o in outcomes)
       while pending and len(running) < max(1, parallel) and not first_alone:
         point = pending.pop(0)
         running.append(_start(point, gin_files, root, extra_bindings,

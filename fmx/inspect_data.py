@@ -7,7 +7,7 @@ recomputed by re-running the crop's sampler with the very stateless seeds the
 pipeline used (fmx.data.pipeline.Data.image_seed / op_seed), so they are the
 crops in the picture, not a fresh draw.
 
-MixUp runs per replica (Data.mixup_scope = 'replica'): the batch shown is the
+MixUp runs per replica (the default scope): the batch shown is the
 batch of one input pipeline, `Training.global_batch_size` unless
 --batch_size gives a replica's share.
 """

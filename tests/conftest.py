@@ -10,7 +10,9 @@ import textwrap
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import gin  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tf_keras  # noqa: E402
 
 from fmx import registry  # noqa: E402
 
@@ -96,3 +98,20 @@ def trained_teacher(tmp_path_factory):
   results = run.run([gin_file])
   gin.clear_config()
   return model_dir, gin_file, results
+
+
+class Recorder(tf_keras.Model):
+  """Wraps a model and keeps a copy of every input it is called with."""
+
+  def __init__(self, inner):
+    super().__init__()
+    self.inner = inner
+    self.seen = []
+
+  @property
+  def input_shape(self):
+    return self.inner.input_shape
+
+  def call(self, images, training=False):
+    self.seen.append(np.array(images))
+    return self.inner(images, training=training)

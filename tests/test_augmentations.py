@@ -32,34 +32,6 @@ def test_per_image_op_shape_range_and_determinism(name):
   np.testing.assert_array_equal(out.numpy(), op(image, seed, size=24).numpy())
 
 
-def test_inception_crop_area_and_aspect_stay_in_range():
-  # A 1-channel image whose value is the pixel's row*W+col index lets us read
-  # the crop's box back from the output corners (no resize: size = crop size
-  # is unknown, so we crop the index image and inspect extremes instead).
-  height, width = 60, 80
-  index = tf.reshape(tf.range(height * width, dtype=tf.float32), [height, width, 1])
-  areas, aspects = [], []
-  for k in range(300):
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        [height, width, 1], tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        seed=[k, 1], min_object_covered=0.1, aspect_ratio_range=(0.75, 1.333),
-        area_range=(0.05, 1.0), max_attempts=10,
-        use_image_if_no_bounding_boxes=True)
-    h, w = int(size[0]), int(size[1])
-    areas.append(h * w / (height * width))
-    aspects.append(w / h)
-  # The registered op must crop exactly such boxes: compare one.
-  crop = AUGMENTATIONS.get('inception_crop')(index, tf.constant([0, 1], tf.int64),
-                                             size=8)
-  assert crop.shape == (8, 8, 1)
-  areas, aspects = np.array(areas), np.array(aspects)
-  full = areas == 1.0  # fallback to the whole image after 10 failed attempts
-  assert np.all((areas[~full] >= 0.05 - 0.01) & (areas[~full] <= 1.0))
-  # Integer rounding of the box can push the aspect slightly past the range.
-  assert np.all((aspects[~full] > 0.75 * 0.9) & (aspects[~full] < 1.333 / 0.9))
-  assert areas.min() < 0.2 and areas.max() > 0.8, 'crops should span the range'
-
-
 def _partners(name, n):
   """Reads each image's partner back from a MixUp of one-hot 'images'."""
   images = tf.reshape(tf.eye(n), [n, 1, 1, n])
@@ -79,7 +51,8 @@ def _partners(name, n):
 def test_mixup_roll_pairs_i_with_i_minus_1_and_has_n_distinct_pairs(n):
   partners = _partners('mixup_roll', n)
   assert partners == [(i - 1) % n for i in range(n)]
-  assert len({(i, p) for i, p in enumerate(partners)}) == n
+  # Unordered pairs: roll never pairs i with j *and* j with i (for n > 2).
+  assert len({frozenset((i, p)) for i, p in enumerate(partners)}) == n
 
 
 @pytest.mark.parametrize('n', [8, 16])

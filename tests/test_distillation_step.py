@@ -11,22 +11,9 @@ import tensorflow as tf
 import tf_keras
 from official.core import config_definitions as cfg
 
-from conftest import tiny_student_gin
+from conftest import Recorder, tiny_student_gin
 from fmx.tasks.distillation import DistillationTask
 from fmx.training.settings import Optimizer
-
-
-class Recorder(tf_keras.Model):
-  """Wraps a model and keeps (a copy of) every input it is called with."""
-
-  def __init__(self, inner):
-    super().__init__()
-    self.inner = inner
-    self.seen = []
-
-  def call(self, images, training=False):
-    self.seen.append(np.array(images))
-    return self.inner(images, training=training)
 
 
 def _task(teacher_dir, tmp_path, mixup='mixup_roll'):
@@ -93,3 +80,45 @@ def test_labels_are_unused(trained_teacher, tmp_path):
   shuffled = _loss_trajectory(trained_teacher[0], tmp_path, shuffle_labels=True)
   assert plain == shuffled
   assert len(set(plain)) > 1, 'the loss should move as the student trains'
+
+
+def test_teacher_and_student_at_their_own_resolutions(trained_teacher, tmp_path):
+  # The teacher run was trained at 16 px; the crop is 20 px; the student runs
+  # at 12 px. Each must get its own resize of the very same (mixed) crop.
+  gin.parse_config(tiny_student_gin(str(tmp_path / 'student'), trained_teacher[0])
+                   + '\nData.image_size = 20\ndistillation.student_image_size = 12')
+  tf_keras.utils.set_random_seed(0)
+  task = DistillationTask(params=cfg.TaskConfig())
+  student = task.build_model()
+  assert student.input_shape == (None, 12, 12, 1)
+  optimizer = task.create_optimizer(Optimizer().config(train_steps=10))
+  batch = _batches(task, 1)[0]
+  assert batch['image'].shape[1:3] == (20, 20)
+  task.teacher, student_recorder = Recorder(task.teacher), Recorder(student)
+  task.train_step(batch, student_recorder, optimizer, metrics=[])
+  crop = batch['image'].numpy()
+  np.testing.assert_allclose(task.teacher.seen[0],
+                             tf.image.resize(crop, (16, 16)).numpy(), atol=1e-6)
+  np.testing.assert_allclose(student_recorder.seen[0],
+                             tf.image.resize(crop, (12, 12)).numpy(), atol=1e-6)
+
+
+def test_global_mixup_scope_mixes_in_the_step_for_both(trained_teacher, tmp_path):
+  gin.parse_config(tiny_student_gin(str(tmp_path / 'student'), trained_teacher[0])
+                   + "\nData.mixup_scope = 'global'")
+  tf_keras.utils.set_random_seed(0)
+  task = DistillationTask(params=cfg.TaskConfig())
+  student = task.build_model()
+  optimizer = task.create_optimizer(Optimizer().config(train_steps=10))
+  batch = _batches(task, 1)[0]  # the pipeline leaves it unmixed
+  task.teacher, student_recorder = Recorder(task.teacher), Recorder(student)
+  task.train_step(batch, student_recorder, optimizer, metrics=[])
+  np.testing.assert_array_equal(task.teacher.seen[0], student_recorder.seen[0])
+  images = batch['image'].numpy()
+  seen = student_recorder.seen[0]
+  assert not np.allclose(seen, images)
+  # One replica: the global batch is this batch, mixed with roll by one.
+  a = (seen[0] - images[-1]).ravel() @ (images[0] - images[-1]).ravel() / np.sum(
+      (images[0] - images[-1]) ** 2)
+  np.testing.assert_allclose(seen, a * images + (1 - a) * np.roll(images, 1, axis=0),
+                             atol=1e-5)

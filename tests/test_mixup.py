@@ -11,7 +11,6 @@ import tensorflow as tf
 
 from fmx.augmentations import mixup
 from fmx.data.pipeline import Data
-from fmx.errors import UserError
 from fmx.registry import AUGMENTATIONS
 
 BATCH_SIZES = (8, 16)
@@ -116,18 +115,6 @@ def test_output_is_the_convex_combination_with_the_partner(name, coefficient):
     assert a >= 0.5  # folded, as the official implementation does
   np.testing.assert_allclose(mixed.numpy(), a * images + (1 - a) * images[partners],
                              rtol=1e-5, atol=1e-6)
-
-
-def test_mixup_scope_is_replica_for_now():
-  gin.parse_config("""
-      Data.train_dataset = 'mnist_embedded'
-      Data.eval_dataset = 'mnist_embedded'
-      Data.image_size = 8""")
-  assert Data().mixup_scope == 'replica'
-  with pytest.raises(UserError, match="mixup_scope = 'global'.*not supported yet"):
-    Data(mixup_scope='global')
-  with pytest.raises(UserError, match="use one of \\['replica', 'global'\\]"):
-    Data(mixup_scope='batch')
 
 
 def _recover_mix(got, values):

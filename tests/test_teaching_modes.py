@@ -7,24 +7,11 @@ import tensorflow as tf
 import tf_keras
 from official.core import config_definitions as cfg
 
-from conftest import tiny_student_gin
+from conftest import Recorder, tiny_student_gin
 from fmx.errors import UserError
 from fmx.tasks import teaching
 from fmx.tasks.distillation import DistillationTask
 from fmx.training.settings import Optimizer
-
-
-class Recorder(tf_keras.Model):
-  """Wraps a model and keeps a copy of every input it is called with."""
-
-  def __init__(self, inner):
-    super().__init__()
-    self.inner = inner
-    self.seen = []
-
-  def call(self, images, training=False):
-    self.seen.append(np.array(images))
-    return self.inner(images, training=training)
 
 
 def _step(teacher_dir, tmp_path, mode):

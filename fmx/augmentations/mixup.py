@@ -18,9 +18,11 @@ The coefficient is `uniform` on [0, 1] (the original implementation) or
 Labels are never mixed: distillation does not use them.
 
 Scope: fmx.data.pipeline applies MixUp in tf.data to the batch of one input
-pipeline, i.e. the per-replica batch ('replica' scope, `Data.mixup_scope`),
+pipeline, i.e. the per-replica batch (`Data.mixup_scope = 'replica'`, default),
 as the original implementation did on each of its 8 TPU replicas: partners
 are always images of the same replica, and the counts above are per replica.
+With `Data.mixup_scope = 'global'` the distillation step mixes the gathered
+global batch instead (fmx.tasks.distillation), and the counts are global.
 """
 
 import numpy as np

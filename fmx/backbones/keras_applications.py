@@ -29,6 +29,12 @@ def _make_entry(entry_name, constructor):
     model = constructor(**kwargs)
     if weights:
       model.load_weights(weights)
+    if entry_name.startswith('efficientnet'):
+      # EfficientNet always rescales by 1/255 inside; fmx feeds [0, 1]
+      # (Data.value_range's default), so undo that first.
+      inputs = tf_keras.Input(input_shape)
+      model = tf_keras.Model(inputs, model(tf_keras.layers.Rescaling(255.0)(inputs)),
+                             name=model.name)
     return model
 
   build.__name__ = entry_name

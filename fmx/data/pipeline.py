@@ -34,7 +34,6 @@ AUTOTUNE = tf.data.AUTOTUNE
 # Flowers102/Pet37 at 384 px are ~1-3 GB decoded, well within a TPU host's RAM,
 # and decoding JPEGs every epoch would otherwise dominate a 1000-epoch run.
 CACHE_LIMIT_BYTES = 8 << 30
-MIXUP_SCOPES = ('replica', 'global')
 
 
 @gin.configurable
@@ -71,14 +70,10 @@ class Data:
     if mixup and mixup not in MIXUPS:
       raise UserError(f'Data.mixup = {mixup!r} is a per-image augmentation; '
                       f'use one of {list(MIXUPS)} or None.')
-    if mixup_scope not in MIXUP_SCOPES:
-      raise UserError(f'Data.mixup_scope = {mixup_scope!r}; use one of '
-                      f'{list(MIXUP_SCOPES)}.')
-    if mixup_scope == 'global':
-      raise UserError(
-          "Data.mixup_scope = 'global' (MixUp partners drawn from the whole "
-          'global batch, across replicas) is not supported yet; use '
-          "'replica', which mixes within each replica's batch.")
+    if mixup_scope not in ('replica', 'global'):
+      raise UserError(f"Data.mixup_scope = {mixup_scope!r}; use 'replica' (each "
+                      "replica's batch, in tf.data) or 'global' (the global "
+                      'batch, in the distillation step).')
     self.mixup_scope = mixup_scope
     self.value_range = tuple(value_range)
     self.shuffle_buffer = shuffle_buffer
@@ -208,7 +203,7 @@ class Data:
     dataset = dataset.map(functools.partial(self.augment_example, seed),
                           num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=True)
-    if self.mixup is not None:
+    if self.mixup is not None and self.mixup_scope == 'replica':
       dataset = dataset.enumerate().map(
           functools.partial(self._mix_batch, seed), num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)

@@ -9,6 +9,7 @@ from gin through `Data` and `Training`, and add one hook for fmx's runner:
 from typing import Optional
 
 import gin
+import numpy as np
 import tensorflow as tf
 import tf_keras
 from official.core import base_task
@@ -16,7 +17,7 @@ from official.core import base_task
 from fmx.data.pipeline import Data
 from fmx.data.source import Source
 from fmx.registry import BACKBONES
-from fmx.training.settings import Training
+from fmx.training.settings import Optimizer, Training
 
 # `DataConfig.input_path` tells build_inputs which split an eval pipeline reads.
 EVAL_SPLIT, TEST_SPLIT = 'eval', 'test'
@@ -30,6 +31,10 @@ class FmxTask(base_task.Task):
     super().__init__(params, logging_dir=logging_dir, name=name)
     self.data = Data()
     self.training = Training()
+    self.clipnorm = Optimizer().clipnorm
+    # The step a resumed run starts from (set by the runner before inputs are
+    # built): its data stream is then a new one, not a replay of the start.
+    self.resume_step = 0
     # Resolve the splits now, so a missing dataset, split or data_dir fails
     # before any model is built or anything is written.
     self.sources = {which: self.data.source(which)
@@ -55,8 +60,15 @@ class FmxTask(base_task.Task):
   def train_inputs(self, batch_size: int, source: Source,
                    input_context=None) -> tf.data.Dataset:
     """Training batches from `source` (tasks may feed their models otherwise)."""
-    return self.data.train_dataset_fn(batch_size, self.training.seed,
+    return self.data.train_dataset_fn(batch_size, self.stream_seed(),
                                       input_context, source)
+
+  def stream_seed(self) -> int:
+    """The data seed: the run's, or one derived from it and the resume step."""
+    if not self.resume_step:
+      return self.training.seed
+    return int(np.random.SeedSequence([self.training.seed, self.resume_step])
+               .generate_state(1)[0] >> 1)
 
   def build_backbone(self, entry_name: str, scope: str) -> tf_keras.Model:
     """Builds a backbone entry with the gin parameters of `scope/entry`."""
@@ -66,6 +78,48 @@ class FmxTask(base_task.Task):
 
   def results(self, eval_logs) -> dict:
     raise NotImplementedError
+
+
+def apply_gradients(tape: tf.GradientTape, loss, model: tf_keras.Model,
+                    optimizer, clipnorm=None) -> None:
+  """One update from this replica's mean loss; the same on every replica.
+
+  Gradients are summed over replicas of each replica's loss / n (so the
+  update is that of the mean over the global batch), then clipped by their
+  global norm, then applied. float16 runs scale the loss (Model Garden wraps
+  the optimiser in a LossScaleOptimizer); bfloat16 needs no scaling.
+  """
+  context = tf.distribute.get_replica_context()
+  num_replicas = context.num_replicas_in_sync if context else 1
+  scaling = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+  with tape:  # resumes recording: the gradient flows through these ops too
+    scaled = (loss + tf.add_n(model.losses or [0.0])) / num_replicas
+    if scaling:
+      scaled = optimizer.get_scaled_loss(scaled)
+  grads = tape.gradient(scaled, model.trainable_variables)
+  if scaling:
+    grads = optimizer.get_unscaled_gradients(grads)
+  if context and num_replicas > 1:
+    grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+  if clipnorm:
+    grads, _ = tf.clip_by_global_norm(grads, clipnorm)
+  optimizer.apply_gradients(zip(grads, model.trainable_variables),
+                            experimental_aggregate_gradients=False)
+
+
+def fit_to_model(model: tf_keras.Model, images):
+  """`images` resized to the model's static input size, if it has another.
+
+  Teacher and student may run at different resolutions (the paper's teacher
+  at 384 px, student at 224 px): each gets its own resize of the same crop.
+  """
+  try:
+    size = tuple(model.input_shape[1:3])
+  except AttributeError:  # a subclassed model: no static input size to fit
+    return images
+  if None in size or tuple(images.shape[1:3]) == size:
+    return images
+  return tf.image.resize(images, size)
 
 
 def top1_correct(labels, logits):

@@ -23,7 +23,7 @@ from fmx.errors import UserError
 from fmx.registry import LOSSES, TASKS
 from fmx.tasks import teacher_run
 from fmx.tasks import teaching as teaching_lib
-from fmx.tasks.base import FmxTask, to_float, top1_correct, top_k_correct
+from fmx.tasks.base import FmxTask, apply_gradients, fit_to_model, to_float, top1_correct, top_k_correct
 
 TRAIN_METRICS = ('student_top1', 'teacher_top1', 'agreement')
 EVAL_METRICS = TRAIN_METRICS + ('student_top5', 'teacher_top5', 'kl')
@@ -40,6 +40,8 @@ class DistillationTask(FmxTask):
                teacher_gin: Optional[str] = None,
                loss: str = 'kl',
                teaching: str = 'function_matching',
+               student_image_size: Optional[int] = None,
+               teacher_image_size: Optional[int] = None,
                teacher_output_cache: str = os.path.join(
                    os.path.expanduser('~'), '.cache', 'fmx', 'teacher_outputs')):
     if bool(teacher_run) == bool(teacher_saved_model):
@@ -64,6 +66,10 @@ class DistillationTask(FmxTask):
       raise UserError(f'distillation.loss = {loss!r} needs labels; distillation '
                       "compares teacher and student: use e.g. 'kl'.")
     self.teaching = teaching_lib.check_mode(teaching)
+    # Data.image_size is the crop's size; each model gets its own resize of
+    # it. A teacher run's model keeps the size it was trained at.
+    self.student_image_size = student_image_size or self.data.image_size
+    self.teacher_image_size = teacher_image_size or self.data.image_size
     self.teacher_output_cache = teacher_output_cache
     self.teacher: Optional[tf_keras.Model] = None
     self.fixed_logits: Optional[tf.Tensor] = None  # for 'fixed_teacher'
@@ -74,8 +80,9 @@ class DistillationTask(FmxTask):
     if self.teacher_run:
       self.teacher = teacher_run.load_teacher(self.teacher_run)
     else:
-      self.teacher = hub.saved_model_teacher(self.teacher_saved_model,
-                                             self.input_shape)
+      self.teacher = hub.saved_model_teacher(
+          self.teacher_saved_model,
+          (self.teacher_image_size, self.teacher_image_size, self.input_shape[-1]))
     teacher_classes = self.teacher.output_shape[-1]
     if teacher_classes != self.num_classes:
       raise UserError(
@@ -93,36 +100,56 @@ class DistillationTask(FmxTask):
 
   def train_inputs(self, batch_size, source, input_context=None):
     return teaching_lib.train_dataset(self.data, self.teaching, batch_size,
-                                      self.training.seed, input_context, source)
+                                      self.stream_seed(), input_context, source)
+
+  @property
+  def input_shape(self):
+    """The student's input shape."""
+    return (self.student_image_size, self.student_image_size,
+            self.sources['train'].channels)
 
   def build_metrics(self, training: bool = True):
     names = TRAIN_METRICS if training else EVAL_METRICS
     return [tf_keras.metrics.Mean(name) for name in names]
 
   def teacher_logits(self, images):
-    return tf.stop_gradient(self.teacher(images, training=False))
+    return tf.stop_gradient(
+        self.teacher(fit_to_model(self.teacher, images), training=False))
+
+  def mix_global_batch(self, images, step):
+    """MixUp over the global batch: partners may come from any replica.
+
+    Every replica gathers the global batch, mixes it with the same seed and
+    keeps its own slice, so all replicas agree on the pairs.
+    """
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync
+    gathered = context.all_gather(images, axis=0) if replicas > 1 else images
+    mixed, _ = self.data.mixup(gathered, self.data.mixup_seed(self.stream_seed(),
+                                                              step))
+    size = tf.shape(images)[0]
+    start = tf.cast(context.replica_id_in_sync_group, tf.int32) * size
+    return mixed[start:start + size]
 
   def train_step(self, inputs, model, optimizer, metrics=None):
     images = inputs['image']
+    if (self.teaching == 'function_matching' and self.data.mixup is not None
+        and self.data.mixup_scope == 'global'):
+      images = self.mix_global_batch(images, optimizer.iterations)
     if self.teaching == 'fixed_teacher':
       teacher_logits = tf.gather(self.fixed_logits, inputs['index'])
     else:  # the teacher's own view, else exactly the student's pixels
       teacher_logits = self.teacher_logits(inputs.get('teacher_image', images))
-    num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
-      student_logits = model(images, training=True)
+      student_logits = model(fit_to_model(model, images), training=True)
       loss = tf.reduce_mean(self.loss_fn(teacher_logits, student_logits))
-      # Gradients are summed over replicas: each replica's share is 1/n, so
-      # the update is that of the mean over the global batch.
-      scaled = (loss + tf.add_n(model.losses or [0.0])) / num_replicas
-    grads = tape.gradient(scaled, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    apply_gradients(tape, loss, model, optimizer, self.clipnorm)
     self._update(metrics, inputs['label'], teacher_logits, student_logits)
     return {self.loss: loss}
 
   def validation_step(self, inputs, model, metrics=None):
     teacher_logits = self.teacher_logits(inputs['image'])
-    student_logits = model(inputs['image'], training=False)
+    student_logits = model(fit_to_model(model, inputs['image']), training=False)
     self._update(metrics, inputs['label'], teacher_logits, student_logits)
     return {self.loss: tf.reduce_mean(
         self.loss_fn(teacher_logits, student_logits))}

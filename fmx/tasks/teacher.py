@@ -11,7 +11,7 @@ import tf_keras
 
 from fmx.errors import UserError
 from fmx.registry import LOSSES, TASKS
-from fmx.tasks.base import FmxTask, to_float, top1_correct
+from fmx.tasks.base import FmxTask, apply_gradients, to_float, top1_correct
 
 
 @TASKS.register('teacher', denylist=('params', 'logging_dir', 'name'))
@@ -43,14 +43,10 @@ class TeacherTask(FmxTask):
     return [tf_keras.metrics.Mean('top1')]
 
   def train_step(self, inputs, model, optimizer, metrics=None):
-    num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
       logits = model(inputs['image'], training=True)
       loss = tf.reduce_mean(self.loss_fn(inputs['label'], logits))
-      # Gradients are summed over replicas, so each replica's share is 1/n.
-      scaled = (loss + tf.add_n(model.losses or [0.0])) / num_replicas
-    grads = tape.gradient(scaled, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    apply_gradients(tape, loss, model, optimizer, self.clipnorm)
     self._update(metrics, inputs['label'], logits)
     return {self.loss: loss}
 

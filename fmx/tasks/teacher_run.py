@@ -38,11 +38,24 @@ def load_teacher(run_dir: str) -> tf_keras.Model:
         f' or {ARCHITECTURE_FILE}). Train it first with `fmx run --gin '
         f'TEACHER.gin --model_dir {run_dir}`, or set distillation.teacher_gin so '
         'fmx trains it for you.')
-  with tf.io.gfile.GFile(os.path.join(run_dir, ARCHITECTURE_FILE)) as f:
-    teacher = tf_keras.models.model_from_json(f.read())
   checkpoint = tf.train.latest_checkpoint(run_dir)
-  # Only the model's variables are wanted; the optimizer's slots are not.
-  tf.train.Checkpoint(model=teacher).read(checkpoint).assert_existing_objects_matched().expect_partial()
+  if not checkpoint:
+    raise UserError(f'teacher run {run_dir!r} has results.json but no checkpoint '
+                    '(were its ckpt-* files removed?); retrain it or restore them.')
+  try:
+    with tf.io.gfile.GFile(os.path.join(run_dir, ARCHITECTURE_FILE)) as f:
+      teacher = tf_keras.models.model_from_json(f.read())
+    # Only the model's variables are wanted; the optimizer's slots are not.
+    tf.train.Checkpoint(model=teacher).read(
+        checkpoint).assert_existing_objects_matched().expect_partial()
+  except UserError:
+    raise  # e.g. a hub teacher's handle that cannot be loaded, already named
+  except (ValueError, AssertionError, tf.errors.OpError, OSError) as e:
+    raise UserError(
+        f'the teacher of run {run_dir!r} could not be rebuilt from '
+        f'{ARCHITECTURE_FILE} and {checkpoint} ({type(e).__name__}: '
+        f'{str(e).splitlines()[0] if str(e) else ""}). If it uses a TF-Hub '
+        'module, the handle must be reachable; otherwise retrain the teacher.') from None
   teacher.trainable = False
   return teacher
 

@@ -19,14 +19,17 @@ import functools
 import hashlib
 import json
 import os
+import re
 from typing import Optional
 
+import gin
 import numpy as np
 import tensorflow as tf
 
 from fmx.data.pipeline import AUTOTUNE, Data
 from fmx.data.source import Source
 from fmx.errors import UserError
+from fmx.tasks.base import fit_to_model
 
 MODES = ('function_matching', 'consistent', 'independent_noise', 'fixed_teacher')
 # The teacher's view in `independent_noise` draws from another seed stream
@@ -75,16 +78,21 @@ def fixed_teacher_outputs(teacher, data: Data, source: Source, teacher_id: str,
   Cached in cache_dir under a key of the teacher and the data, so runs that
   share both (e.g. seeds of a grid) compute them once.
   """
+  # Every gin value that can change the data or its eval view (file
+  # patterns, data_dirs, crop fractions, ...) is part of the key.
+  data_values = sorted(line for line in gin.config_str().splitlines()
+                       if re.match(r'^([\w]+/)*(Data|datasets|augmentations)\.', line))
   key = json.dumps({'teacher': teacher_id, 'data': source.name,
                     'examples': source.num_examples, 'size': data.image_size,
                     'eval_ops': [op.__name__ for op in data.eval_ops],
-                    'value_range': list(data.value_range)}, sort_keys=True)
+                    'value_range': list(data.value_range),
+                    'gin': data_values}, sort_keys=True)
   path = os.path.join(cache_dir, hashlib.sha1(key.encode()).hexdigest() + '.npy')
   if tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path, 'rb') as f:
       return np.load(f)
   logits = np.concatenate([
-      teacher(batch['image'], training=False).numpy()
+      teacher(fit_to_model(teacher, batch['image']), training=False).numpy()
       for batch in data.eval_dataset_fn(batch_size, source=source)])
   if len(logits) != source.num_examples:
     raise UserError(f'{source.name!r} yielded {len(logits)} examples, not the '

@@ -20,6 +20,7 @@ import tf_keras
 from official.core import base_task
 from official.core import config_definitions as cfg
 from official.core import train_lib
+from official.core import train_utils
 
 from fmx import gin_config
 from fmx.data import decoding
@@ -77,8 +78,10 @@ def _run(gin_files, bindings, model_dir, dry_run_root: Optional[str]) -> dict:
   experiment = Experiment()
   model_dir = model_dir or experiment.model_dir
   if dry_run_root is not None and not (model_dir or '').startswith(dry_run_root):
+    # One folder per experiment file: dry runs sharing a root never resume
+    # each other's runs.
     model_dir = os.path.join(dry_run_root, 'runs',
-                             os.path.basename(os.path.normpath(model_dir or 'run')))
+                             os.path.splitext(os.path.basename(gin_files[-1]))[0])
   if not model_dir:
     raise UserError('no model_dir: pass --model_dir DIR or set '
                     "Experiment.model_dir = '...' in the gin file.")
@@ -116,13 +119,21 @@ def build_setup(task_name: str, model_dir: str) -> Setup:
   """Strategy, task and Model Garden config from the parsed gin config."""
   task_cls = TASKS.get(task_name)
   runtime, training, optimizer = Runtime(), Training(), Optimizer()
-  if runtime.mixed_precision:
-    tf_keras.mixed_precision.set_global_policy(
-        'mixed_bfloat16' if runtime.mixed_precision == 'bfloat16' else 'mixed_float16')
+  # Always set: a teacher trained first in this process may have left its own.
+  tf_keras.mixed_precision.set_global_policy(
+      {None: 'float32', 'bfloat16': 'mixed_bfloat16',
+       'float16': 'mixed_float16'}[runtime.mixed_precision])
   tf_keras.utils.set_random_seed(training.seed)
   if runtime.deterministic:
     tf.config.experimental.enable_op_determinism()
   strategy = runtime.strategy()
+  replicas = strategy.num_replicas_in_sync
+  for key, batch in (('global_batch_size', training.global_batch_size),
+                     ('eval_batch_size', training.eval_batch_size)):
+    if batch % replicas:
+      raise UserError(f'Training.{key} = {batch} does not split over the '
+                      f'{replicas} replicas of {type(strategy).__name__}; use a '
+                      f'multiple of {replicas}.')
   task_config = cfg.TaskConfig(
       train_data=cfg.DataConfig(is_training=True,
                                 global_batch_size=training.global_batch_size),
@@ -146,6 +157,7 @@ def train_and_evaluate(task_name: str, model_dir: str) -> dict:
                              params.task.train_data.global_batch_size,
                              os.path.join(model_dir, 'train'),
                              description=f'{task_name} {os.path.basename(model_dir)}')
+  task.resume_step = _checkpoint_step(model_dir)
   runner = train_lib.OrbitExperimentRunner(
       distribution_strategy=strategy, task=task, mode='train_and_eval',
       params=params, model_dir=model_dir, train_actions=[bar],
@@ -175,10 +187,20 @@ def train_and_evaluate(task_name: str, model_dir: str) -> dict:
                            summary_dir=os.path.join(model_dir, 'test'))
   results.update(train_seconds=round(train_seconds, 1),
                  skipped_corrupt=decoding.total_skipped(task.sources.values()))
-  # results.json marks the run finished: write it last, atomically.
-  write_text(os.path.join(model_dir, teacher_run.RESULTS_FILE),
-              json.dumps(results, indent=2, sort_keys=True) + '\n')
+  # results.json marks the run finished: write it last, atomically, keeping
+  # an earlier run's (a rerun with other values) beside it.
+  path = os.path.join(model_dir, teacher_run.RESULTS_FILE)
+  if tf.io.gfile.exists(path):
+    tf.io.gfile.rename(path, path.replace(
+        '.json', f'.before-{time.strftime("%Y%m%d-%H%M%S")}.json'), overwrite=True)
+  write_text(path, json.dumps(results, indent=2, sort_keys=True) + '\n')
   return results
+
+
+def _checkpoint_step(model_dir: str) -> int:
+  """The global step of model_dir's latest checkpoint, 0 without one."""
+  checkpoint = tf.train.latest_checkpoint(model_dir)
+  return train_utils.read_global_step_from_checkpoint(checkpoint) if checkpoint else 0
 
 
 def evaluate_split(setup: Setup, trainer, split: str,

@@ -88,7 +88,8 @@ class Optimizer:
   `decay`: 'cosine' (after a linear warmup), 'piecewise' (steps at fractions
   of the run, times multipliers) or 'constant'.
   `name`: 'adamw' (Model Garden's AdamWeightDecay: decoupled weight decay of
-  lr * weight_decay per step, global clip norm), 'adam' or 'sgd' (momentum).
+  lr * weight_decay per step), 'adam' or 'sgd' (momentum). `clipnorm` clips
+  the global norm of the gradient summed over all replicas (in the task).
   `weight_decay_on` restricts decay to variables whose names match one of its
   regexes, e.g. ['kernel'] for the official recipe's kernels-only decay. The
   cosine decay lasts exactly the run's train_steps, so the schedule ends at
@@ -123,20 +124,25 @@ class Optimizer:
     self.clipnorm, self.momentum = clipnorm, momentum
 
   def config(self, train_steps: int) -> optimization_config.OptimizationConfig:
+    # Clipping is not the optimiser's: fmx.tasks.base.apply_gradients clips
+    # the global norm of the gradient summed over replicas (the optimisers
+    # would clip each replica's share, a bound n times looser on n replicas).
     if self.name == 'adamw':
       optimizer = {'weight_decay_rate': self.weight_decay,
-                   'gradient_clip_norm': self.clipnorm or 0.0}
+                   'gradient_clip_norm': 0.0}
       if self.weight_decay_on:
         # Model Garden decays every variable not excluded, even with an
         # include list: exclude everything the include list does not name.
         optimizer.update(include_in_weight_decay=self.weight_decay_on,
                          exclude_from_weight_decay=['.*'])
     elif self.name == 'adam':
-      optimizer = {'global_clipnorm': self.clipnorm}
+      optimizer = {}
     else:
-      optimizer = {'momentum': self.momentum, 'global_clipnorm': self.clipnorm}
-    # Short runs (tests, dry runs) get a warmup that still leaves room to decay.
-    warmup = min(self.warmup_steps, train_steps // 2)
+      optimizer = {'momentum': self.momentum}
+    # A warmup as long as the run (tests, dry runs) is halved so the run
+    # still decays; any warmup that fits is kept as configured.
+    warmup = (self.warmup_steps if self.warmup_steps < train_steps
+              else train_steps // 2)
     if self.decay == 'cosine':
       # The cosine starts at the end of warmup (offset): Model Garden's warmup
       # ramps up to the schedule's value at warmup_steps, which is then the
