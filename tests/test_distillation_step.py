@@ -16,9 +16,9 @@ from fmx.tasks.distillation import DistillationTask
 from fmx.training.settings import Optimizer
 
 
-def _task(teacher_dir, tmp_path, mixup='mixup_roll'):
+def _task(teacher_dir, tmp_path, mixup='mixup_roll', extra=''):
   gin.parse_config(tiny_student_gin(str(tmp_path / 'student'), teacher_dir,
-                                    mixup=mixup))
+                                    mixup=mixup) + extra)
   tf_keras.utils.set_random_seed(0)
   task = DistillationTask(params=cfg.TaskConfig())
   student = task.build_model()
@@ -85,13 +85,10 @@ def test_labels_are_unused(trained_teacher, tmp_path):
 def test_teacher_and_student_at_their_own_resolutions(trained_teacher, tmp_path):
   # The teacher run was trained at 16 px; the crop is 20 px; the student runs
   # at 12 px. Each must get its own resize of the very same (mixed) crop.
-  gin.parse_config(tiny_student_gin(str(tmp_path / 'student'), trained_teacher[0])
-                   + '\nData.image_size = 20\ndistillation.student_image_size = 12')
-  tf_keras.utils.set_random_seed(0)
-  task = DistillationTask(params=cfg.TaskConfig())
-  student = task.build_model()
+  task, student, optimizer = _task(
+      trained_teacher[0], tmp_path,
+      extra='\nData.image_size = 20\ndistillation.student_image_size = 12')
   assert student.input_shape == (None, 12, 12, 1)
-  optimizer = task.create_optimizer(Optimizer().config(train_steps=10))
   batch = _batches(task, 1)[0]
   assert batch['image'].shape[1:3] == (20, 20)
   task.teacher, student_recorder = Recorder(task.teacher), Recorder(student)
@@ -104,12 +101,8 @@ def test_teacher_and_student_at_their_own_resolutions(trained_teacher, tmp_path)
 
 
 def test_global_mixup_scope_mixes_in_the_step_for_both(trained_teacher, tmp_path):
-  gin.parse_config(tiny_student_gin(str(tmp_path / 'student'), trained_teacher[0])
-                   + "\nData.mixup_scope = 'global'")
-  tf_keras.utils.set_random_seed(0)
-  task = DistillationTask(params=cfg.TaskConfig())
-  student = task.build_model()
-  optimizer = task.create_optimizer(Optimizer().config(train_steps=10))
+  task, student, optimizer = _task(trained_teacher[0], tmp_path,
+                                   extra="\nData.mixup_scope = 'global'")
   batch = _batches(task, 1)[0]  # the pipeline leaves it unmixed
   task.teacher, student_recorder = Recorder(task.teacher), Recorder(student)
   task.train_step(batch, student_recorder, optimizer, metrics=[])

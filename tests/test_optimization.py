@@ -97,36 +97,28 @@ def test_piecewise_schedule_steps_at_fractions_of_the_run():
     assert float(schedule(step)) == pytest.approx(value, rel=1e-5), step
 
 
-def test_task_clips_the_global_gradient_norm():
+def _one_sgd_update(clipnorm, learning_rate):
+  """Weights after one SGD step on 3*w1 + 4*w2 (gradient (3, 4), norm 5)."""
   from fmx.tasks.base import apply_gradients  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
-  optimizer = _optimizer("""
+  optimizer = _optimizer(f"""
       Optimizer.name = 'sgd'
       Optimizer.momentum = 0.0
-      Optimizer.learning_rate = 1.0
+      Optimizer.learning_rate = {learning_rate}
       Optimizer.decay = 'constant'""")
   model = tf_keras.Sequential([tf_keras.layers.Dense(1, use_bias=False,
                                                      kernel_initializer='zeros')])
   model.build((None, 2))
   with tf.GradientTape() as tape:
-    # d/dw of 3*w1 + 4*w2 is (3, 4): norm 5, clipped to norm 1 -> (0.6, 0.8).
     loss = tf.reduce_sum(model(tf.constant([[3.0, 4.0]])))
-  apply_gradients(tape, loss, model, optimizer, clipnorm=1.0)
-  np.testing.assert_allclose(model.get_weights()[0][:, 0], [-0.6, -0.8], rtol=1e-6)
+  apply_gradients(tape, loss, model, optimizer, clipnorm=clipnorm)
+  return model.get_weights()[0][:, 0]
+
+
+def test_task_clips_the_global_gradient_norm():
+  # Norm 5 clipped to 1: the update is (0.6, 0.8).
+  np.testing.assert_allclose(_one_sgd_update(1.0, 1.0), [-0.6, -0.8], rtol=1e-6)
 
 
 def test_unclipped_update_is_the_plain_gradient():
-  from fmx.tasks.base import apply_gradients  # pylint: disable=g-import-not-at-top
-  import tf_keras  # pylint: disable=g-import-not-at-top
-  optimizer = _optimizer("""
-      Optimizer.name = 'sgd'
-      Optimizer.momentum = 0.0
-      Optimizer.learning_rate = 0.1
-      Optimizer.decay = 'constant'""")
-  model = tf_keras.Sequential([tf_keras.layers.Dense(1, use_bias=False,
-                                                     kernel_initializer='zeros')])
-  model.build((None, 2))
-  with tf.GradientTape() as tape:
-    loss = tf.reduce_sum(model(tf.constant([[3.0, 4.0]])))
-  apply_gradients(tape, loss, model, optimizer, clipnorm=None)
-  np.testing.assert_allclose(model.get_weights()[0][:, 0], [-0.3, -0.4], rtol=1e-6)
+  np.testing.assert_allclose(_one_sgd_update(None, 0.1), [-0.3, -0.4], rtol=1e-6)
