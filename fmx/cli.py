@@ -1,4 +1,11 @@
-"""The `fmx` command line: `fmx run`, `fmx list`.
+"""The `fmx` command line.
+
+  run            train a teacher or distil a student (resumes; --dry_run)
+  eval           evaluate a run's latest checkpoint on a split
+  grid, compare  ablation grids and their comparison; tensorboard
+  inspect-data   one augmented batch as a PNG, with statistics
+  export, report ship the student (SavedModel/TFLite) and measure it
+  list           registry entries
 
 A user's mistake ends as one paragraph on stderr and exit code 2; a stack
 trace is only shown for fmx's own bugs (or with --traceback).

@@ -59,19 +59,20 @@ def _run(gin_files, bindings, model_dir, dry_run_root: Optional[str]) -> dict:
   if dry_run_root is not None:
     bindings += dry_run_lib.bindings(dry_run_root)
   gin_config.parse(gin_files, bindings)
-  if Experiment().task == 'distillation':
-    teacher = _teacher_run_to_train()
-    if teacher and dry_run_root is not None:
-      teacher = (dry_run_lib.teacher_dir(dry_run_root, teacher[1]), teacher[1])
-    if teacher:
-      # Absolute in the operative config, so eval and export of this run
-      # work from any folder.
-      teacher = (os.path.abspath(teacher[0]), teacher[1])
-      bindings.append(f'distillation.teacher_run = {teacher[0]!r}')
-    if teacher and not teacher_run.is_finished(teacher[0]):
-      print(f'Teacher run {teacher[0]} has no finished checkpoint: training it '
-            f'first with {teacher[1]}.', flush=True)
-      _run([teacher[1]], [], teacher[0], dry_run_root)
+  teacher = (_teacher_run_to_train() if Experiment().task == 'distillation'
+             else None)
+  if teacher:
+    run_dir, teacher_gin = teacher
+    if dry_run_root is not None:
+      run_dir = dry_run_lib.teacher_dir(dry_run_root, teacher_gin)
+    # Absolute in the operative config, so eval and export of this run work
+    # from any folder.
+    run_dir = os.path.abspath(run_dir)
+    bindings.append(f'distillation.teacher_run = {run_dir!r}')
+    if not teacher_run.is_finished(run_dir):
+      print(f'Teacher run {run_dir} has no finished checkpoint: training it '
+            f'first with {teacher_gin}.', flush=True)
+      _run([teacher_gin], [], run_dir, dry_run_root)
     # The teacher run replaced the config; parsing again also restarts gin's
     # record of used values, so the operative config is this run's alone.
     gin_config.parse(gin_files, bindings)
