@@ -8,7 +8,10 @@
   list           registry entries
 
 A user's mistake ends as one paragraph on stderr and exit code 2; a stack
-trace is only shown for fmx's own bugs (or with --traceback).
+trace is only shown for fmx's own bugs (or with --traceback). Other exit
+codes of `fmx run`: 3 when the loss stayed non-finite after every allowed
+rollback, 75 when SIGTERM stopped it after saving a checkpoint (rerun the
+same command to resume), 130 on Ctrl-C.
 """
 
 import argparse
@@ -41,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
                    help='gin binding applied after the files')
   run.add_argument('--model_dir', help='run folder (default: Experiment.model_dir)')
   run.add_argument('--verbose', action='store_true', help='show TF/Orbit logs')
+  run.add_argument('--allow_config_change', action='store_true',
+                   help='resume a model_dir whose saved operative config differs '
+                   'from this one (refused by default; the old one is kept)')
   run.add_argument('--dry_run', action='store_true',
                    help='build everything offline at a tiny shape, one train '
                    'and one eval step, in a temporary folder')
@@ -149,7 +155,8 @@ def _run(args) -> None:
     # the progress bar and eval lines already show them. --verbose restores it.
     orbit.controller._log = logging.info  # pylint: disable=protected-access
   from fmx.training import run  # pylint: disable=g-import-not-at-top
-  results = run.run(args.gin, args.bind, args.model_dir, dry_run=args.dry_run)
+  results = run.run(args.gin, args.bind, args.model_dir, dry_run=args.dry_run,
+                    allow_config_change=args.allow_config_change)
   print(run.format_results(results))
   if args.dry_run:
     print(f'dry run OK: everything built and stepped in {results["dry_run_dir"]}')
@@ -233,7 +240,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   args = _parser().parse_args(argv)
   _quiet_tensorflow()
   from fmx import gin_config  # pylint: disable=g-import-not-at-top
-  from fmx.errors import UserError  # pylint: disable=g-import-not-at-top
+  from fmx.errors import StopRun  # pylint: disable=g-import-not-at-top
   from fmx.registry import UnknownEntryError  # pylint: disable=g-import-not-at-top
   try:
     return COMMANDS[args.command](args) or 0
@@ -241,7 +248,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print('\nfmx: interrupted; rerun the same command to resume from the last '
           'checkpoint.', file=sys.stderr)
     return EXIT_INTERRUPTED
-  except UserError as e:
+  except StopRun as e:
     if args.traceback:
       raise
     # gin appends "In call to configurable ..." to errors raised inside
@@ -251,8 +258,8 @@ def main(argv: Optional[List[str]] = None) -> int:
       location = gin_config.locate(str(e.name))
       if location:
         message = f'{location[0]}, line {location[1]}: {message}'
-    print(f'fmx: error: {message}', file=sys.stderr)
-    return EXIT_USER_ERROR
+    print(f'fmx: {e.label}: {message}', file=sys.stderr)
+    return e.exit_code
   except RuntimeError as e:
     message = gin_config.describe_missing_required(e)
     if message is None or args.traceback:

@@ -1,12 +1,36 @@
-"""The one exception type for a user's mistake.
+"""Exceptions that end an fmx command with one paragraph and an exit code.
 
-`fmx` prints a UserError as one paragraph and exits non-zero, without a stack
-trace: the message itself must say what is wrong (file, key or value) and what
-to do about it.
+`fmx` prints them as one paragraph on stderr and exits with their code,
+without a stack trace: the message itself must say what happened (file, key
+or value) and what to do about it.
 """
 
 
-class UserError(Exception):
+class StopRun(Exception):
+  """A run or command that ends early for a reason fmx can explain."""
+
+  exit_code = 1
+  label = 'error'  # printed as 'fmx: <label>: <message>'
+
+
+class UserError(StopRun):
   """A mistake in the user's configuration, data or command line."""
 
   exit_code = 2
+
+
+class Diverged(StopRun):
+  """The loss or the weights stayed non-finite after every allowed rollback."""
+
+  exit_code = 3
+
+
+class Preempted(StopRun):
+  """SIGTERM: a checkpoint was saved at a step boundary; rerun to resume.
+
+  75 is sysexits' EX_TEMPFAIL ("try again later"), so job schedulers can
+  tell a preempted run (restart it) from a failed one.
+  """
+
+  exit_code = 75
+  label = 'preempted'

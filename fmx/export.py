@@ -43,7 +43,7 @@ from fmx.data.source import Source
 from fmx.errors import UserError
 from fmx.tasks import teacher_run
 from fmx.tasks.base import fit_to_model
-from fmx.training import evaluate, run
+from fmx.training import evaluate, run_dir
 
 FORMATS = ('saved_model', 'tflite')
 QUANTIZATIONS = ('none', 'dynamic', 'float16', 'int8')
@@ -183,9 +183,9 @@ def default_path(model_dir: str, export_format: str, quantize: str = 'none') -> 
 
 def check_finished(model_dir: str) -> None:
   """UserError unless model_dir is an fmx run that finished training."""
-  if not tf.io.gfile.exists(os.path.join(model_dir, run.OPERATIVE_CONFIG)):
+  if not tf.io.gfile.exists(os.path.join(model_dir, run_dir.OPERATIVE_CONFIG)):
     raise UserError(f'{model_dir!r} is not an fmx run folder (no '
-                    f'{run.OPERATIVE_CONFIG}); pass the --model_dir of a run.')
+                    f'{run_dir.OPERATIVE_CONFIG}); pass the --model_dir of a run.')
   if not tf.io.gfile.exists(os.path.join(model_dir, teacher_run.RESULTS_FILE)):
     raise UserError(
         f'run {model_dir!r} has no finished checkpoint: it has no '

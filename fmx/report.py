@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from fmx import export
 from fmx.errors import UserError
-from fmx.training import evaluate, run
+from fmx.training import evaluate, run_dir
 
 REPORT_FILE = 'report.json'
 LATENCY_BATCHES = (1, 32)
@@ -237,7 +237,7 @@ def report_run(model_dir: str, exports: Optional[Sequence[str]] = None,
             'test_images': len(images.images), 'latency_runs': latency_runs,
             'tflite_threads': os.cpu_count(), 'models': rows}
   out = out or os.path.join(model_dir, REPORT_FILE)
-  run.write_text(out, json.dumps(report, indent=2) + '\n')
+  run_dir.write_text(out, json.dumps(report, indent=2) + '\n')
   report['written_to'] = out
   return report
 

@@ -53,7 +53,7 @@ for scope in ('replica', 'global'):
         Data.mixup_scope = '{scope}'""")
     data = Data()
     coefficient = float(data.mixup(tf.eye(2)[:, None, None, :], data.mixup_seed(0, 0))[1])
-    fake_task = types.SimpleNamespace(data=data, stream_seed=lambda: 0)
+    fake_task = types.SimpleNamespace(data=data, training=types.SimpleNamespace(seed=0))
 
     def step():
       context = tf.distribute.get_replica_context()

@@ -5,8 +5,11 @@ import json
 import logging
 import os
 
+import pytest
+
 from conftest import tiny_student_gin, tiny_teacher_gin, write
 from fmx import cli
+from fmx.errors import UserError
 from fmx.training import run
 
 
@@ -99,8 +102,15 @@ def test_second_run_resumes_from_checkpoint(trained_teacher, tmp_path, caplog, c
                    tiny_student_gin(model_dir, trained_teacher[0], epochs=0.5))
   first = run.run([gin_file])
   assert first['global_step'] == 8
+  # A longer run is another config: refused unless asked for, and the folder
+  # is left as it was.
+  before = _digest(model_dir)
+  with pytest.raises(UserError, match=r'Training\.epochs: 0\.5 -> 1\.0.*--allow_config_change'):
+    run.run([gin_file], bindings=['Training.epochs = 1.0'])
+  assert _digest(model_dir) == before
   with caplog.at_level(logging.INFO, logger='absl'):  # Orbit logs via absl
-    second = run.run([gin_file], bindings=['Training.epochs = 1.0'])
+    second = run.run([gin_file], bindings=['Training.epochs = 1.0'],
+                     allow_config_change=True)
   assert any('restored from checkpoint' in r.getMessage() and 'ckpt-8' in r.getMessage()
              for r in caplog.records)
   assert 'resuming from the checkpoint at step 8' in capsys.readouterr().out
@@ -108,6 +118,7 @@ def test_second_run_resumes_from_checkpoint(trained_teacher, tmp_path, caplog, c
   steps = sorted(int(f.split('-')[1].split('.')[0]) for f in os.listdir(model_dir)
                  if f.startswith('ckpt-') and f.endswith('.index'))
   assert steps[-1] == 16 and 8 in steps
+  assert any(f.startswith('operative_config.before-') for f in os.listdir(model_dir))
 
 
 def _corrupt_tfrecord_teacher_gin(tmp_path, skip: bool) -> str:

@@ -1,9 +1,10 @@
 """The input pipeline: dataset entry -> cache -> shuffle -> augment -> batch -> MixUp.
 
 Randomness is stateless and keyed by position: image k of the (repeated)
-training stream gets seed (run seed, k) and batch b gets (run seed + 1, b),
-so the same config and seed always produce the same pixels, whatever the
-number of parallel calls. Teacher and student later receive the very same
+training stream gets seed (run seed, k), batch b gets (run seed + 1, b) and
+epoch e its own shuffle seed, so the same config and seed always produce the
+same pixels, whatever the number of parallel calls, and a resumed run
+continues the stream exactly where its checkpoint left it. Teacher and student later receive the very same
 batch.
 
 Entries hand over decoded uint8 images; their labels are checked against
@@ -34,6 +35,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 # Flowers102/Pet37 at 384 px are ~1-3 GB decoded, well within a TPU host's RAM,
 # and decoding JPEGs every epoch would otherwise dominate a 1000-epoch run.
 CACHE_LIMIT_BYTES = 8 << 30
+# Epochs of a training stream: more than any run reaches.
+_NEVER = 1 << 40
 
 
 @gin.configurable
@@ -179,32 +182,59 @@ class Data:
 
   def train_examples(self, seed: int,
                      input_context: Optional[tf.distribute.InputContext] = None,
-                     source: Optional[Source] = None) -> tf.data.Dataset:
-    """(position, example): the shuffled, repeated stream before augmentation."""
+                     source: Optional[Source] = None,
+                     start: int = 0) -> tf.data.Dataset:
+    """(position, example): the shuffled, repeated stream before augmentation.
+
+    The stream is a pure function of (seed, position): epoch e is the split
+    shuffled with a seed of its own, so the stream from `start` on (a resumed
+    run's) is exactly the tail of the stream from 0, without replaying it.
+    """
     source = source or self.source('train')
     dataset = self._checked(source)
+    count = source.num_examples
     if input_context and input_context.num_input_pipelines > 1:
-      dataset = dataset.shard(input_context.num_input_pipelines,
-                              input_context.input_pipeline_id)
+      pipelines, index = (input_context.num_input_pipelines,
+                          input_context.input_pipeline_id)
+      dataset = dataset.shard(pipelines, index)
+      count = (count - index + pipelines - 1) // pipelines
     dataset = self._maybe_cache(dataset, source)
+    count = max(1, count)
     # A buffer larger than the split would only hold repeated copies of its
     # decoded images (10,000 x 384 px is 4.4 GB for a 1,020-image split).
-    dataset = dataset.repeat().shuffle(
-        min(self.shuffle_buffer, max(1, source.num_examples)),
-        seed=self.train_seed(seed, input_context), reshuffle_each_iteration=True)
-    return dataset.enumerate()
+    buffer = min(self.shuffle_buffer, count)
+    pipeline_seed = self.train_seed(seed, input_context)
+
+    def epoch(index):
+      # The seed is a tensor here; with the global seed 0 (a run's seed 0)
+      # tf.random's seed pairing would test it as a Python bool, so this
+      # function's graph gets a fixed graph-level seed of its own.
+      tf.random.set_seed(1)
+      return dataset.shuffle(buffer, seed=pipeline_seed * 1_000_003 + index,
+                             reshuffle_each_iteration=False)
+
+    first_epoch, offset = divmod(start, count)
+    # The cache is filled by the first epoch's pass and read by the others.
+    stream = tf.data.Dataset.range(first_epoch, _NEVER).flat_map(epoch)
+    return stream.skip(offset).enumerate(start)
 
   def train_dataset_fn(self, batch_size: int, seed: int,
                        input_context: Optional[tf.distribute.InputContext] = None,
-                       source: Optional[Source] = None) -> tf.data.Dataset:
-    """Infinite stream of augmented, MixUp'ed batches of `batch_size`."""
-    dataset = self.train_examples(seed, input_context, source)
+                       source: Optional[Source] = None,
+                       start_batch: int = 0) -> tf.data.Dataset:
+    """Infinite stream of augmented, MixUp'ed batches of `batch_size`.
+
+    `start_batch` > 0 starts at that batch of the stream (a resumed run):
+    the same pixels an uninterrupted run would have seen from there on.
+    """
+    dataset = self.train_examples(seed, input_context, source,
+                                  start=start_batch * batch_size)
     seed = self.train_seed(seed, input_context)
     dataset = dataset.map(functools.partial(self.augment_example, seed),
                           num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     if self.mixup is not None and self.mixup_scope == 'replica':
-      dataset = dataset.enumerate().map(
+      dataset = dataset.enumerate(start_batch).map(
           functools.partial(self._mix_batch, seed), num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)
 

@@ -9,7 +9,6 @@ from gin through `Data` and `Training`, and add one hook for fmx's runner:
 from typing import Optional
 
 import gin
-import numpy as np
 import tensorflow as tf
 import tf_keras
 from official.core import base_task
@@ -33,8 +32,11 @@ class FmxTask(base_task.Task):
     self.training = Training()
     self.clipnorm = Optimizer().clipnorm
     # The step a resumed run starts from (set by the runner before inputs are
-    # built): its data stream is then a new one, not a replay of the start.
-    self.resume_step = 0
+    # built): its data stream starts there, exactly where the checkpoint left.
+    self.start_step = 0
+    # fmx.training.preemption.Preemption, set by the runner: its stop
+    # request ends the loop of steps at the next step (fmx.training.trainer).
+    self.preemption = None
     # Resolve the splits now, so a missing dataset, split or data_dir fails
     # before any model is built or anything is written.
     self.sources = {which: self.data.source(which)
@@ -60,15 +62,20 @@ class FmxTask(base_task.Task):
   def train_inputs(self, batch_size: int, source: Source,
                    input_context=None) -> tf.data.Dataset:
     """Training batches from `source` (tasks may feed their models otherwise)."""
-    return self.data.train_dataset_fn(batch_size, self.stream_seed(),
-                                      input_context, source)
+    return self.data.train_dataset_fn(batch_size, self.training.seed,
+                                      input_context, source,
+                                      self.start_batch(input_context))
 
-  def stream_seed(self) -> int:
-    """The data seed: the run's, or one derived from it and the resume step."""
-    if not self.resume_step:
-      return self.training.seed
-    return int(np.random.SeedSequence([self.training.seed, self.resume_step])
-               .generate_state(1)[0] >> 1)
+  def start_batch(self, input_context=None) -> int:
+    """The first batch this input pipeline feeds, for a run at `start_step`.
+
+    Each step takes one batch per replica; a pipeline feeds
+    replicas / pipelines of them.
+    """
+    if input_context is None:
+      return self.start_step
+    return self.start_step * (input_context.num_replicas_in_sync //
+                              input_context.num_input_pipelines)
 
   def build_backbone(self, entry_name: str, scope: str) -> tf_keras.Model:
     """Builds a backbone entry with the gin parameters of `scope/entry`."""

@@ -100,7 +100,8 @@ class DistillationTask(FmxTask):
 
   def train_inputs(self, batch_size, source, input_context=None):
     return teaching_lib.train_dataset(self.data, self.teaching, batch_size,
-                                      self.stream_seed(), input_context, source)
+                                      self.training.seed, input_context, source,
+                                      self.start_batch(input_context))
 
   @property
   def input_shape(self):
@@ -125,7 +126,7 @@ class DistillationTask(FmxTask):
     context = tf.distribute.get_replica_context()
     replicas = context.num_replicas_in_sync
     gathered = context.all_gather(images, axis=0) if replicas > 1 else images
-    mixed, _ = self.data.mixup(gathered, self.data.mixup_seed(self.stream_seed(),
+    mixed, _ = self.data.mixup(gathered, self.data.mixup_seed(self.training.seed,
                                                               step))
     size = tf.shape(images)[0]
     start = tf.cast(context.replica_id_in_sync_group, tf.int32) * size

@@ -45,16 +45,18 @@ def check_mode(mode: str) -> str:
 
 def train_dataset(data: Data, mode: str, batch_size: int, seed: int,
                   input_context: Optional[tf.distribute.InputContext],
-                  source: Source) -> tf.data.Dataset:
-  """The training batches `mode` feeds to teacher and student."""
+                  source: Source, start_batch: int = 0) -> tf.data.Dataset:
+  """The training batches `mode` feeds to teacher and student, from `start_batch`."""
   if mode == 'function_matching':
-    return data.train_dataset_fn(batch_size, seed, input_context, source)
+    return data.train_dataset_fn(batch_size, seed, input_context, source,
+                                 start_batch)
   if mode == 'fixed_teacher':
     # Each example carries its position in the split, to look up its
     # precomputed teacher outputs.
     source = dataclasses.replace(source, dataset=source.dataset.enumerate().map(
         lambda index, example: dict(example, index=index)))
-  examples = data.train_examples(seed, input_context, source)
+  examples = data.train_examples(seed, input_context, source,
+                                 start=start_batch * batch_size)
   pipeline_seed = data.train_seed(seed, input_context)
   augment = functools.partial(_augment, data, mode, pipeline_seed)
   dataset = examples.map(augment, num_parallel_calls=AUTOTUNE)

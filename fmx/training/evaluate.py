@@ -20,6 +20,7 @@ from fmx.errors import UserError
 from fmx.tasks import teacher_run
 from fmx.tasks.base import TEST_SPLIT
 from fmx.training import run
+from fmx.training import run_dir
 from fmx.training.settings import Experiment
 
 
@@ -36,10 +37,10 @@ def restore_run(model_dir: str, bindings: Sequence[str] = ()) -> RestoredRun:
 
   `bindings` are applied after the run's config (e.g. another test split).
   """
-  config = os.path.join(model_dir, run.OPERATIVE_CONFIG)
+  config = os.path.join(model_dir, run_dir.OPERATIVE_CONFIG)
   if not tf.io.gfile.exists(config):
     raise UserError(f'{model_dir!r} is not an fmx run folder (no '
-                    f'{run.OPERATIVE_CONFIG}); pass the --model_dir of a run.')
+                    f'{run_dir.OPERATIVE_CONFIG}); pass the --model_dir of a run.')
   checkpoint = tf.train.latest_checkpoint(model_dir)
   if not checkpoint:
     raise UserError(f'run {model_dir!r} has no checkpoint yet; train it with '
@@ -85,6 +86,6 @@ def evaluate_run(model_dir: str, split: Optional[str] = None) -> dict:
   # 'test[:50%]' -> 'eval-test_50%.json'
   name = re.sub(r'[^A-Za-z0-9.%-]+', '_', setup.task.data.test_split).strip('_')
   path = os.path.join(model_dir, f'eval-{name}.json')
-  run.write_text(path, json.dumps(results, indent=2, sort_keys=True) + '\n')
+  run_dir.write_text(path, json.dumps(results, indent=2, sort_keys=True) + '\n')
   results['written_to'] = path
   return results

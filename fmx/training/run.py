@@ -30,31 +30,38 @@ from fmx.tasks import teacher_run
 from fmx.tasks.base import EVAL_SPLIT, TEST_SPLIT
 from fmx.training import dry_run as dry_run_lib
 from fmx.training import input_images
+from fmx.training import preemption
 from fmx.training import progress
+from fmx.training import recovery
+from fmx.training import run_dir
+from fmx.training import trainer as trainer_lib
+from fmx.training.run_dir import write_text
 from fmx.training.settings import Experiment, Optimizer, Runtime, Training
-
-OPERATIVE_CONFIG = 'operative_config.gin'
-
 
 def run(gin_files: Sequence[str], bindings: Sequence[str] = (),
         model_dir: Optional[str] = None, dry_run: bool = False,
-        dry_run_root: Optional[str] = None) -> dict:
+        dry_run_root: Optional[str] = None,
+        allow_config_change: bool = False) -> dict:
   """Parses the config, trains (or resumes) and returns results.json's content.
 
   With dry_run, everything happens offline at a tiny shape in dry_run_root
   (default: a new temporary folder; dry runs sharing one reuse its dry-run
   teachers), see fmx.training.dry_run. It is returned as results['dry_run_dir'].
+
+  A model_dir holding a run of another config is refused unless
+  allow_config_change (see fmx.training.run_dir.check_config).
   """
   if not dry_run:
-    return _run(gin_files, bindings, model_dir, dry_run_root=None)
+    return _run(gin_files, bindings, model_dir, None, allow_config_change)
   root = dry_run_root or tempfile.mkdtemp(prefix='fmx-dry-run-')
   with dry_run_lib.offline_data():
-    results = _run(gin_files, bindings, model_dir, dry_run_root=root)
+    results = _run(gin_files, bindings, model_dir, root, allow_config_change)
   results['dry_run_dir'] = root
   return results
 
 
-def _run(gin_files, bindings, model_dir, dry_run_root: Optional[str]) -> dict:
+def _run(gin_files, bindings, model_dir, dry_run_root: Optional[str],
+         allow_config_change: bool = False) -> dict:
   bindings = list(bindings)
   if dry_run_root is not None:
     bindings += dry_run_lib.bindings(dry_run_root)
@@ -89,7 +96,7 @@ def _run(gin_files, bindings, model_dir, dry_run_root: Optional[str]) -> dict:
   # A data check failing inside the TF graph (a corrupt image met in
   # training) ends as its one-paragraph UserError.
   with decoding.data_errors_as_user_errors():
-    return train_and_evaluate(experiment.task, model_dir)
+    return train_and_evaluate(experiment.task, model_dir, allow_config_change)
 
 
 def _teacher_run_to_train() -> Optional[Tuple[str, str]]:
@@ -149,26 +156,50 @@ def build_setup(task_name: str, model_dir: str) -> Setup:
   return Setup(task_name, task, strategy, params, train_steps)
 
 
-def train_and_evaluate(task_name: str, model_dir: str) -> dict:
-  """Trains the configured task into model_dir; resumes if it has a checkpoint."""
-  _prepare_model_dir(model_dir)
+def train_and_evaluate(task_name: str, model_dir: str,
+                       allow_config_change: bool = False) -> dict:
+  """Trains the configured task into model_dir; resumes if it has a checkpoint.
+
+  Before training: model_dir must be writable, hold no other config (unless
+  allow_config_change) and have room for checkpoints; a corrupt latest
+  checkpoint is moved aside for the previous one (fmx.training.run_dir).
+  During training: non-finite losses roll back (fmx.training.recovery) and
+  SIGTERM saves and stops (fmx.training.preemption).
+  """
+  run_dir.prepare(model_dir)
   setup = build_setup(task_name, model_dir)
   task, strategy, params = setup.task, setup.strategy, setup.params
+  task.start_step = run_dir.restorable_step(model_dir)
+  task.preemption = preemption.Preemption()
+  with strategy.scope():
+    trainer = train_utils.create_trainer(params, task, train=True, evaluate=True,
+                                         trainer_cls=trainer_lib.Trainer)
+  # Model, data and optimizer are built, so gin's operative config is
+  # complete; it is checked before the checkpoint is restored into them.
+  run_dir.check_config(model_dir, gin.operative_config_str(), allow_config_change)
+  run_dir.check_free_space(model_dir, _checkpoint_bytes(trainer))
   bar = progress.ProgressBar(setup.train_steps,
                              params.task.train_data.global_batch_size,
                              os.path.join(model_dir, 'train'),
                              description=f'{task_name} {os.path.basename(model_dir)}')
-  task.resume_step = _checkpoint_step(model_dir)
+  training = Training()
+  runner = None
+  rollback = recovery.rollback_action(
+      trainer, model_dir, training.nan_rollbacks, training.loss_upper_bound,
+      lambda: runner.checkpoint_manager)
+  stop = preemption.stop_if_requested(
+      task.preemption, lambda: _save_finite(runner, trainer, model_dir), model_dir)
+  # Rollback first: a loop cut short by SIGTERM is checked before it is saved.
   runner = train_lib.OrbitExperimentRunner(
       distribution_strategy=strategy, task=task, mode='train_and_eval',
-      params=params, model_dir=model_dir, train_actions=[bar],
+      params=params, model_dir=model_dir, trainer=trainer,
+      train_actions=[rollback, stop, bar],
       eval_actions=[progress.EvalPrinter(bar)])
-  trainer = runner.trainer
   bar.attach(trainer.global_step)  # the controller has restored it by now
   try:
-    # Written now that the model and data are built: gin lists only the
-    # parameters actually used.
-    _write_operative_config(model_dir, gin.operative_config_str())
+    if task.start_step == 0:
+      # Something to roll back to before the first periodic checkpoint.
+      runner.controller.save_checkpoint()
     if task_name == 'teacher':
       teacher_run.write_architecture(trainer.model, model_dir)
     input_images.log_first_batch(task, model_dir, int(trainer.global_step.numpy()))
@@ -176,10 +207,11 @@ def train_and_evaluate(task_name: str, model_dir: str) -> dict:
     start = time.perf_counter()
     # The controller directly, not runner.run(): that also profiles the model to
     # count FLOPs, which costs ~20 s and prints TF1 warnings on every run.
-    with strategy.scope():
-      runner.controller.train_and_evaluate(
-          train_steps=setup.train_steps, eval_steps=-1,
-          eval_interval=params.trainer.validation_interval)
+    with task.preemption.watching(), run_dir.disk_errors_as_user_errors(model_dir):
+      with strategy.scope():
+        runner.controller.train_and_evaluate(
+            train_steps=setup.train_steps, eval_steps=-1,
+            eval_interval=params.trainer.validation_interval)
   finally:
     bar.close()  # an error then starts on its own line
   train_seconds = time.perf_counter() - start
@@ -198,10 +230,21 @@ def train_and_evaluate(task_name: str, model_dir: str) -> dict:
   return results
 
 
-def _checkpoint_step(model_dir: str) -> int:
-  """The global step of model_dir's latest checkpoint, 0 without one."""
-  checkpoint = tf.train.latest_checkpoint(model_dir)
-  return train_utils.read_global_step_from_checkpoint(checkpoint) if checkpoint else 0
+def _save_finite(runner, trainer, model_dir: str) -> str:
+  """Saves a checkpoint at the current step unless a weight is non-finite."""
+  step = int(trainer.global_step.numpy())
+  if recovery.all_finite(trainer):
+    runner.controller.save_checkpoint()
+    return f'saved a checkpoint at step {step}'
+  # Never a checkpoint holding NaN: the last good one stays the latest.
+  return (f'the weights at step {step} are not finite, so '
+          f'{tf.train.latest_checkpoint(model_dir)} stays the latest checkpoint')
+
+
+def _checkpoint_bytes(trainer) -> int:
+  """Bytes of one checkpoint: model and optimizer variables (slots estimated)."""
+  model = sum(v.shape.num_elements() * v.dtype.size for v in trainer.model.weights)
+  return 3 * model  # Adam-like optimisers keep two slots per weight
 
 
 def evaluate_split(setup: Setup, trainer, split: str,
@@ -238,38 +281,6 @@ def _param_counts(task, model) -> dict:
     return {'student_params': model.count_params(),
             'teacher_params': teacher.count_params()}
   return {'params': model.count_params()}
-
-
-def _prepare_model_dir(model_dir: str) -> None:
-  try:
-    tf.io.gfile.makedirs(model_dir)
-    probe = os.path.join(model_dir, '.fmx_write_test')
-    write_text(probe, '')
-    tf.io.gfile.remove(probe)
-  except (tf.errors.OpError, OSError) as e:
-    raise UserError(f'model_dir {model_dir!r} is not writable ({e}); choose '
-                    'another --model_dir or fix its permissions.') from None
-
-
-def _write_operative_config(model_dir: str, config: str) -> None:
-  """Writes operative_config.gin, keeping a differing earlier one beside it."""
-  path = os.path.join(model_dir, OPERATIVE_CONFIG)
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path) as f:
-      previous = f.read()
-    if previous != config:
-      stamp = time.strftime('%Y%m%d-%H%M%S')
-      tf.io.gfile.rename(path, path.replace('.gin', f'.before-{stamp}.gin'),
-                         overwrite=True)
-  write_text(path, config)
-
-
-def write_text(path: str, text: str) -> None:
-  """Writes via a temporary file and a rename, so a kill never leaves half a file."""
-  tmp = path + '.tmp'
-  with tf.io.gfile.GFile(tmp, 'w') as f:
-    f.write(text)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def format_results(results: dict) -> str:

@@ -1,0 +1,210 @@
+"""A run folder's safety: writable, roomy, one config, readable checkpoints.
+
+A run folder outlives the process that trains into it: runs are killed,
+preempted and restarted for days. Everything here runs before training
+starts and either fixes what can be fixed safely (a corrupt latest
+checkpoint is moved aside, never deleted) or stops with a UserError that
+says what to do, without touching what is already written.
+"""
+
+import contextlib
+import os
+import re
+import shutil
+import time
+from typing import Dict, List, Optional
+
+import tensorflow as tf
+from absl import logging
+from official.core import train_utils
+
+from fmx.errors import UserError
+
+OPERATIVE_CONFIG = 'operative_config.gin'
+CORRUPT_FOLDER = 'corrupt_checkpoints'
+# Values that do not change what a run computes: where it is written, and
+# how many threads share the cores (`fmx grid --parallel`).
+_IGNORED_KEYS = ('Experiment.model_dir', 'Runtime.intra_op_threads')
+_DISK_ERRORS = ('No space left', 'Read-only file system', 'Permission denied',
+                'Disk quota exceeded')
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes via a temporary file and a rename, so a kill never leaves half a file."""
+  tmp = path + '.tmp'
+  with tf.io.gfile.GFile(tmp, 'w') as f:
+    f.write(text)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def prepare(model_dir: str) -> None:
+  """Creates model_dir and checks that it can be written."""
+  try:
+    tf.io.gfile.makedirs(model_dir)
+    probe = os.path.join(model_dir, '.fmx_write_test')
+    write_text(probe, '')
+    tf.io.gfile.remove(probe)
+  except (tf.errors.OpError, OSError) as e:
+    raise UserError(f'model_dir {model_dir!r} is not writable ({_reason(e)}); '
+                    'choose another --model_dir or fix its permissions.') from None
+
+
+@contextlib.contextmanager
+def disk_errors_as_user_errors(model_dir: str):
+  """A full or read-only model_dir met while training ends as a UserError.
+
+  TF writes a checkpoint to temporary files and renames them only when
+  complete, so the latest checkpoint listed stays intact and readable.
+  """
+  try:
+    yield
+  except (tf.errors.OpError, OSError) as e:
+    reason = _reason(e)
+    if not any(text in reason for text in _DISK_ERRORS):
+      raise
+    raise UserError(
+        f'writing to model_dir {model_dir!r} failed ({reason}); its latest '
+        f'checkpoint, {tf.train.latest_checkpoint(model_dir)}, is intact. Free '
+        'space or fix the folder, then rerun the same command to resume.'
+    ) from None
+
+
+def check_free_space(model_dir: str, checkpoint_bytes: int) -> None:
+  """Fails before training if a local model_dir cannot hold two more checkpoints.
+
+  A save writes the new checkpoint before the oldest is deleted, so two
+  checkpoints' room is the least a run needs. Remote folders (gs://) are
+  not checked.
+  """
+  if '://' in model_dir:
+    return
+  free = shutil.disk_usage(model_dir).free
+  if free < 2 * checkpoint_bytes:
+    raise UserError(
+        f'model_dir {model_dir!r} has {free / 2**20:.1f} MiB free but a '
+        f'checkpoint of this run takes {checkpoint_bytes / 2**20:.1f} MiB and '
+        'a save needs room for two; free some space or choose another '
+        '--model_dir.')
+
+
+def parse_config(text: str) -> Dict[str, str]:
+  """`key -> value` of a gin operative config (values with their line breaks)."""
+  values, key = {}, None
+  for line in text.splitlines():
+    if not line.strip() or line.lstrip().startswith('#'):
+      continue
+    match = re.match(r'^([\w./]+)\s*=\s*(.*)$', line)
+    if match and not line[0].isspace():
+      key = match[1]
+      values[key] = match[2].strip()
+    elif key and not line.startswith(('import ', 'include ', 'from ')):
+      values[key] += ' ' + line.strip()  # a value continued on this line
+  return values
+
+
+def config_differences(old: str, new: str) -> List[str]:
+  """'key: old -> new' for every key whose value differs between two configs."""
+  before, after = parse_config(old), parse_config(new)
+  lines = []
+  for key in sorted(set(before) | set(after)):
+    if key in _IGNORED_KEYS or before.get(key) == after.get(key):
+      continue
+    lines.append(f'{key}: {before.get(key, "(unset)")} -> '
+                 f'{after.get(key, "(unset)")}')
+  return lines
+
+
+def check_config(model_dir: str, config: str, allow_change: bool) -> None:
+  """Writes the operative config; refuses one that differs from the folder's.
+
+  A checkpoint trained under one config and resumed under another is a run
+  of neither. With allow_change the earlier config is kept beside the new
+  one (operative_config.before-<time>.gin).
+  """
+  path = os.path.join(model_dir, OPERATIVE_CONFIG)
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      previous = f.read()
+    differences = config_differences(previous, config)
+    if differences and not allow_change:
+      shown = '; '.join(differences[:8]) + (
+          f'; and {len(differences) - 8} more' if len(differences) > 8 else '')
+      raise UserError(
+          f'model_dir {model_dir!r} holds a run with another config ({path}): '
+          f'{shown}. Use another --model_dir for a new run, or pass '
+          '--allow_config_change to continue this one with the new values '
+          '(the old config is kept beside it).')
+    if previous != config:
+      stamp = time.strftime('%Y%m%d-%H%M%S')
+      tf.io.gfile.rename(path, path.replace('.gin', f'.before-{stamp}.gin'),
+                         overwrite=True)
+  write_text(path, config)
+
+
+def _unreadable(prefix: str) -> Optional[str]:
+  """Why the checkpoint at `prefix` cannot be restored, or None if it can.
+
+  Reading every tensor verifies the checksums of the data files, so
+  truncated or overwritten files are found, not only missing ones.
+  """
+  try:
+    reader = tf.train.load_checkpoint(prefix)
+    for name in reader.get_variable_to_shape_map():
+      reader.get_tensor(name)
+  except (tf.errors.OpError, ValueError, OSError) as e:
+    return _reason(e)
+  return None
+
+
+def restorable_step(model_dir: str) -> int:
+  """The step of the newest readable checkpoint of model_dir (0: none).
+
+  Checkpoints newer than it that cannot be read (a truncated copy, a disk
+  error) are moved into model_dir/corrupt_checkpoints/ with a warning, and
+  the checkpoint list is pointed at the readable one, so the trainer
+  resumes from it.
+  """
+  state = tf.train.get_checkpoint_state(model_dir)
+  if state is None or not state.model_checkpoint_path:
+    return 0
+  paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+  if state.model_checkpoint_path not in paths:
+    paths.append(state.model_checkpoint_path)
+  paths = [p if os.path.isabs(p) or '://' in p else os.path.join(model_dir, p)
+           for p in paths]
+  corrupt = []
+  while paths:
+    problem = _unreadable(paths[-1])
+    if problem is None:
+      break
+    corrupt.append((paths.pop(), problem))
+  if not corrupt:
+    return _step(paths[-1])
+  folder = os.path.join(model_dir, CORRUPT_FOLDER)
+  tf.io.gfile.makedirs(folder)
+  for prefix, problem in corrupt:
+    for name in tf.io.gfile.glob(prefix + '.*'):
+      tf.io.gfile.rename(name, os.path.join(folder, os.path.basename(name)),
+                         overwrite=True)
+    message = (f'checkpoint {prefix} cannot be read ({problem}); moved it to '
+               f'{folder}/ and falling back to '
+               f'{paths[-1] if paths else "no checkpoint"}.')
+    logging.warning(message)
+    print(f'fmx: warning: {message}', flush=True)
+  if not paths:
+    raise UserError(
+        f'no checkpoint of model_dir {model_dir!r} can be read (moved to '
+        f'{folder}/); to start the run over, remove the file '
+        f'{os.path.join(model_dir, "checkpoint")} and rerun.')
+  tf.compat.v1.train.update_checkpoint_state(
+      model_dir, paths[-1], all_model_checkpoint_paths=paths)
+  return _step(paths[-1])
+
+
+def _step(prefix: str) -> int:
+  return int(train_utils.read_global_step_from_checkpoint(prefix))
+
+
+def _reason(error: Exception) -> str:
+  text = getattr(error, 'message', None) or str(error)
+  return text.strip().splitlines()[0] if text.strip() else type(error).__name__
