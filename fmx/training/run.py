@@ -176,8 +176,8 @@ def train_and_evaluate(task_name: str, model_dir: str,
                                          trainer_cls=trainer_lib.Trainer)
   # Model, data and optimizer are built, so gin's operative config is
   # complete; it is checked before the checkpoint is restored into them.
-  run_dir.check_config(model_dir, gin.operative_config_str(), allow_config_change)
   run_dir.check_free_space(model_dir, _checkpoint_bytes(trainer))
+  run_dir.check_config(model_dir, gin.operative_config_str(), allow_config_change)
   bar = progress.ProgressBar(setup.train_steps,
                              params.task.train_data.global_batch_size,
                              os.path.join(model_dir, 'train'),

@@ -99,7 +99,8 @@ def parse_config(text: str) -> Dict[str, str]:
       values[key] = match[2].strip()
     elif key and not line.startswith(('import ', 'include ', 'from ')):
       values[key] += ' ' + line.strip()  # a value continued on this line
-  return values
+  # gin breaks long values after 'KEY = \'; the break is not part of it.
+  return {k: re.sub(r'^\\\s*', '', v) for k, v in values.items()}
 
 
 def config_differences(old: str, new: str) -> List[str]:
@@ -151,7 +152,7 @@ def _unreadable(prefix: str) -> Optional[str]:
     reader = tf.train.load_checkpoint(prefix)
     for name in reader.get_variable_to_shape_map():
       reader.get_tensor(name)
-  except (tf.errors.OpError, ValueError, OSError) as e:
+  except (tf.errors.OpError, ValueError, OSError, IndexError) as e:
     return _reason(e)
   return None
 
