@@ -142,7 +142,24 @@ def _list(args) -> None:
       print(f'  {entry:<22} {description}')
 
 
+def _stop_on_sigterm() -> None:
+  """SIGTERM before or after the training loop: stop now, exit 75.
+
+  During the loop fmx.training.preemption takes over and saves a checkpoint
+  first; outside it there is nothing unsaved (results.json is written last,
+  atomically), so the rerun resumes or re-evaluates.
+  """
+  import signal  # pylint: disable=g-import-not-at-top
+  from fmx.errors import Preempted  # pylint: disable=g-import-not-at-top
+
+  def stop(*_):
+    raise Preempted('SIGTERM received outside the training loop; nothing '
+                    'unsaved was lost. Rerun the same command to resume.')
+  signal.signal(signal.SIGTERM, stop)
+
+
 def _run(args) -> None:
+  _stop_on_sigterm()
   if not args.verbose:
     from absl import logging  # pylint: disable=g-import-not-at-top
     import orbit.controller  # pylint: disable=g-import-not-at-top
