@@ -159,8 +159,14 @@ def main():
       time.sleep(rng.uniform(0, 1.0))  # into the next loop or save
       where = 'training'
     if process.poll() is not None:
-      print(f'cycle {cycle + 1}: the run finished before the kill; stopping here')
-      break
+      _, err = process.communicate()
+      if process.returncode == 0:
+        print(f'cycle {cycle + 1}: the run finished before the kill; stopping here')
+        break
+      landed.append(checkpoint_step(soaked))  # a failure of its own: counted
+      print(f'cycle {cycle + 1:2d}: the run failed by itself (exit '
+            f'{process.returncode}): {err.strip()[-300:]}', flush=True)
+      continue
     process.send_signal(sig)
     _, err = process.communicate()
     if process.returncode == 0:  # the signal came after the last step

@@ -14,6 +14,13 @@ are decoded (and checked) once per run and only augmented per epoch.
 MixUp runs here, in tf.data, on the batch one input pipeline builds: the
 per-replica batch ('replica' scope). Its partners are therefore always images
 of the same replica. See fmx.augmentations.mixup.
+
+The stream does not depend on how many workers read it: step s takes
+positions [s * G, (s + 1) * G) of it (G the global batch), on one device or
+on many; with several input pipelines (one per worker) each reads the whole
+stream and keeps its replicas' share (see train_examples). Evaluation pads
+the last batches instead, so every replica gets whole batches and each
+example weighs exactly once (see eval_dataset_fn).
 """
 
 import functools
@@ -35,8 +42,6 @@ AUTOTUNE = tf.data.AUTOTUNE
 # Flowers102/Pet37 at 384 px are ~1-3 GB decoded, well within a TPU host's RAM,
 # and decoding JPEGs every epoch would otherwise dominate a 1000-epoch run.
 CACHE_LIMIT_BYTES = 8 << 30
-# Epochs of a training stream: more than any run reaches.
-_NEVER = 1 << 40
 
 
 @gin.configurable
@@ -173,50 +178,58 @@ class Data:
 
     return source.dataset.enumerate().map(check)
 
-  def train_seed(self, seed: int,
-                 input_context: Optional[tf.distribute.InputContext] = None):
-    """The seed of one input pipeline (each pipeline draws its own)."""
-    if input_context and input_context.num_input_pipelines > 1:
-      return seed * 1_000_003 + input_context.input_pipeline_id
-    return seed
-
   def train_examples(self, seed: int,
                      input_context: Optional[tf.distribute.InputContext] = None,
                      source: Optional[Source] = None,
-                     start: int = 0) -> tf.data.Dataset:
+                     start: int = 0,
+                     batch_size: Optional[int] = None) -> tf.data.Dataset:
     """(position, example): the shuffled, repeated stream before augmentation.
 
     The stream is a pure function of (seed, position): epoch e is the split
     shuffled with a seed of its own, so the stream from `start` on (a resumed
     run's) is exactly the tail of the stream from 0, without replaying it.
+
+    With P > 1 input pipelines (multi-worker: one per worker) every pipeline
+    reads the same stream and keeps its replicas' positions: pipeline i feeds
+    the i-th of the P chunks of each global batch (chunks of G / P =
+    `batch_size` x its replicas). So a run's global batches, pixels and
+    positions are those of a one-device run, whatever the number of workers,
+    at the cost of each worker reading (and caching) the whole split rather
+    than 1/P of it. `start` counts this pipeline's own examples
+    (FmxTask.start_batch x `batch_size`).
     """
     source = source or self.source('train')
-    dataset = self._checked(source)
-    count = source.num_examples
-    if input_context and input_context.num_input_pipelines > 1:
-      pipelines, index = (input_context.num_input_pipelines,
-                          input_context.input_pipeline_id)
-      dataset = dataset.shard(pipelines, index)
-      count = (count - index + pipelines - 1) // pipelines
-    dataset = self._maybe_cache(dataset, source)
-    count = max(1, count)
+    dataset = self._maybe_cache(self._checked(source), source)
+    count = max(1, source.num_examples)
     # A buffer larger than the split would only hold repeated copies of its
     # decoded images (10,000 x 384 px is 4.4 GB for a 1,020-image split).
     buffer = min(self.shuffle_buffer, count)
-    pipeline_seed = self.train_seed(seed, input_context)
 
-    def epoch(index):
+    def shuffled(index, epoch):
       # The seed is a tensor here; with the global seed 0 (a run's seed 0)
       # tf.random's seed pairing would test it as a Python bool, so this
       # function's graph gets a fixed graph-level seed of its own.
       tf.random.set_seed(1)
-      return dataset.shuffle(buffer, seed=pipeline_seed * 1_000_003 + index,
-                             reshuffle_each_iteration=False)
+      return tf.data.Dataset.zip(epoch).shuffle(
+          buffer, seed=seed * 1_000_003 + index, reshuffle_each_iteration=False)
 
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    start *= pipelines  # this pipeline's examples -> positions of the stream
     first_epoch, offset = divmod(start, count)
-    # The cache is filled by the first epoch's pass and read by the others.
-    stream = tf.data.Dataset.range(first_epoch, _NEVER).flat_map(epoch)
-    return stream.skip(offset).enumerate(start)
+    # Epochs are windows of one repeat() of the cache, so one reader at a
+    # time fills, then reads, the cache (concurrent readers of a cache that a
+    # corrupt image left half-filled block for ever).
+    epochs = dataset.repeat().window(count).enumerate()
+    stream = epochs.skip(first_epoch).flat_map(shuffled)
+    stream = stream.skip(offset).enumerate(start)
+    if pipelines == 1:
+      return stream
+    if not batch_size:
+      raise ValueError('train_examples needs batch_size with several pipelines')
+    chunk = batch_size * input_context.num_replicas_in_sync // pipelines
+    index = input_context.input_pipeline_id
+    return stream.filter(
+        lambda position, _: position // chunk % pipelines == index)
 
   def train_dataset_fn(self, batch_size: int, seed: int,
                        input_context: Optional[tf.distribute.InputContext] = None,
@@ -224,36 +237,79 @@ class Data:
                        start_batch: int = 0) -> tf.data.Dataset:
     """Infinite stream of augmented, MixUp'ed batches of `batch_size`.
 
-    `start_batch` > 0 starts at that batch of the stream (a resumed run):
-    the same pixels an uninterrupted run would have seen from there on.
+    `start_batch` > 0 starts at that batch of this pipeline's stream (a
+    resumed run): the same pixels an uninterrupted run would have seen from
+    there on.
     """
     dataset = self.train_examples(seed, input_context, source,
-                                  start=start_batch * batch_size)
-    seed = self.train_seed(seed, input_context)
+                                  start=start_batch * batch_size,
+                                  batch_size=batch_size)
     dataset = dataset.map(functools.partial(self.augment_example, seed),
                           num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     if self.mixup is not None and self.mixup_scope == 'replica':
+      # Seeded by the batch's index among every replica's batches, so the
+      # same replica batch mixes alike on one worker or several.
       dataset = dataset.enumerate(start_batch).map(
-          functools.partial(self._mix_batch, seed), num_parallel_calls=AUTOTUNE)
+          lambda index, batch: self._mix_batch(
+              seed, _replica_batch_index(index, input_context), batch),
+          num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)
 
   def eval_dataset_fn(self, batch_size: int,
                       input_context: Optional[tf.distribute.InputContext] = None,
-                      source: Optional[Source] = None) -> tf.data.Dataset:
-    """One pass over the eval split; the last batch may be smaller."""
+                      source: Optional[Source] = None,
+                      pad: bool = False) -> tf.data.Dataset:
+    """One pass over the eval split; the last batch may be smaller.
+
+    With `pad`, every batch is whole instead: each example gets a 'weight'
+    of 1 and the split is padded with examples of weight 0 (all-zero images) to
+    a whole number of global batches, so every replica gets the same number
+    of whole batches (static shapes, as TPUs need; no replica starved of
+    data) and metrics weighted by 'weight' count each example exactly once,
+    under any strategy.
+    """
     source = source or self.source('eval')
     dataset = self._checked(source)
-    if input_context and input_context.num_input_pipelines > 1:
-      dataset = dataset.shard(input_context.num_input_pipelines,
-                              input_context.input_pipeline_id)
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    if pipelines > 1:
+      dataset = dataset.shard(pipelines, input_context.input_pipeline_id)
     zero_seed = tf.zeros([2], tf.int64)
     dataset = dataset.map(
         lambda ex: {'image': self._apply(self.eval_ops, ex['image'], zero_seed),
                     'label': ex['label']},
         num_parallel_calls=AUTOTUNE)
     dataset = self._maybe_cache(dataset, source)
-    return dataset.batch(batch_size).prefetch(AUTOTUNE)
+    if not pad:
+      return dataset.batch(batch_size).prefetch(AUTOTUNE)
+    replicas = input_context.num_replicas_in_sync if input_context else 1
+    global_batch = batch_size * replicas
+    steps = -(-source.num_examples // global_batch)
+    # Every pipeline's shard holds at most ceil(N / P) examples, which fits
+    # in steps x G / P: each pipeline pads its own shard to that length.
+    length = steps * global_batch // pipelines
+    padding = tf.data.Dataset.from_tensors({
+        'image': tf.zeros([self.image_size, self.image_size, source.channels]),
+        'label': tf.zeros([], dataset.element_spec['label'].dtype),
+        'weight': tf.zeros([])}).repeat()
+    dataset = dataset.map(lambda ex: dict(ex, weight=tf.ones([])))
+    dataset = dataset.concatenate(padding).take(length)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def _replica_batch_index(index, input_context=None):
+  """The run-wide index of a pipeline's `index`-th per-replica batch.
+
+  A pipeline feeding L of R replicas gives them its batches in turn: its
+  batch j is that of replica (its first + j % L) at step j // L, which is
+  batch (j // L) x R + its first + j % L of all replicas' batches.
+  """
+  if not input_context or input_context.num_input_pipelines == 1:
+    return index
+  replicas = input_context.num_replicas_in_sync
+  local = replicas // input_context.num_input_pipelines
+  first = input_context.input_pipeline_id * local
+  return index // local * replicas + first + index % local
 
 
 def _image_op(name: str):

@@ -56,8 +56,11 @@ class FmxTask(base_task.Task):
                   if input_context else params.global_batch_size)
     if params.is_training:
       return self.train_inputs(batch_size, self.sources['train'], input_context)
+    # Padded to whole global batches, with a 'weight' per example that the
+    # metrics count by: exact under any number of replicas and workers.
     return self.data.eval_dataset_fn(batch_size, input_context,
-                                     self.sources[params.input_path or EVAL_SPLIT])
+                                     self.sources[params.input_path or EVAL_SPLIT],
+                                     pad=True)
 
   def train_inputs(self, batch_size: int, source: Source,
                    input_context=None) -> tf.data.Dataset:
@@ -112,6 +115,21 @@ def apply_gradients(tape: tf.GradientTape, loss, model: tf_keras.Model,
     grads, _ = tf.clip_by_global_norm(grads, clipnorm)
   optimizer.apply_gradients(zip(grads, model.trainable_variables),
                             experimental_aggregate_gradients=False)
+
+
+def update_mean(metric: tf_keras.metrics.Mean, values, weights=None) -> None:
+  """Adds per-example `values` to a Mean; examples of weight 0 add nothing.
+
+  Eval batches are padded to whole global batches (weight 0): their values
+  are zeroed too, so a NaN on a padding image cannot reach the sum. The
+  Mean's `count` is then the number of real examples seen.
+  """
+  if weights is None:
+    metric.update_state(values)
+    return
+  weights = tf.cast(weights, values.dtype)
+  metric.update_state(tf.where(weights > 0, values, tf.zeros_like(values)),
+                      sample_weight=weights)
 
 
 def fit_to_model(model: tf_keras.Model, images):

@@ -23,7 +23,7 @@ from fmx.errors import UserError
 from fmx.registry import LOSSES, TASKS
 from fmx.tasks import teacher_run
 from fmx.tasks import teaching as teaching_lib
-from fmx.tasks.base import FmxTask, apply_gradients, fit_to_model, to_float, top1_correct, top_k_correct
+from fmx.tasks.base import FmxTask, apply_gradients, fit_to_model, to_float, top1_correct, top_k_correct, update_mean
 
 TRAIN_METRICS = ('student_top1', 'teacher_top1', 'agreement')
 EVAL_METRICS = TRAIN_METRICS + ('student_top5', 'teacher_top5', 'kl')
@@ -110,7 +110,10 @@ class DistillationTask(FmxTask):
             self.sources['train'].channels)
 
   def build_metrics(self, training: bool = True):
-    names = TRAIN_METRICS if training else EVAL_METRICS
+    # The eval loss is a metric of per-example losses, weighted like the
+    # others (Model Garden's own validation_loss would average the padded
+    # batches' means). Training's loss is the trainer's.
+    names = TRAIN_METRICS if training else EVAL_METRICS + ('validation_loss',)
     return [tf_keras.metrics.Mean(name) for name in names]
 
   def teacher_logits(self, images):
@@ -125,7 +128,11 @@ class DistillationTask(FmxTask):
     """
     context = tf.distribute.get_replica_context()
     replicas = context.num_replicas_in_sync
-    gathered = context.all_gather(images, axis=0) if replicas > 1 else images
+    # tf.identity places the batch on this replica's device: under
+    # multi-worker, tensors from the input iterator carry no device, which
+    # all_gather refuses ("destinations can not be empty").
+    gathered = (context.all_gather(tf.identity(images), axis=0)
+                if replicas > 1 else images)
     mixed, _ = self.data.mixup(gathered, self.data.mixup_seed(self.training.seed,
                                                               step))
     size = tf.shape(images)[0]
@@ -151,11 +158,12 @@ class DistillationTask(FmxTask):
   def validation_step(self, inputs, model, metrics=None):
     teacher_logits = self.teacher_logits(inputs['image'])
     student_logits = model(fit_to_model(model, inputs['image']), training=False)
-    self._update(metrics, inputs['label'], teacher_logits, student_logits)
-    return {self.loss: tf.reduce_mean(
-        self.loss_fn(teacher_logits, student_logits))}
+    self._update(metrics, inputs['label'], teacher_logits, student_logits,
+                 inputs.get('weight'))
+    return {}  # the loss is the 'validation_loss' metric
 
-  def _update(self, metrics, labels, teacher_logits, student_logits):
+  def _update(self, metrics, labels, teacher_logits, student_logits,
+              weights=None):
     values = {
         'student_top1': lambda: top1_correct(labels, student_logits),
         'teacher_top1': lambda: top1_correct(labels, teacher_logits),
@@ -165,9 +173,10 @@ class DistillationTask(FmxTask):
         'teacher_top5': lambda: top_k_correct(labels, teacher_logits, 5),
         'kl': lambda: LOSSES.get('kl')(teacher_logits, student_logits,
                                        temperature=1.0),
+        'validation_loss': lambda: self.loss_fn(teacher_logits, student_logits),
     }
     for metric in metrics or []:
-      metric.update_state(values[metric.name]())
+      update_mean(metric, values[metric.name](), weights)
 
   def results(self, eval_logs) -> dict:
     logs = to_float(eval_logs)

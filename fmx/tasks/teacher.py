@@ -11,7 +11,7 @@ import tf_keras
 
 from fmx.errors import UserError
 from fmx.registry import LOSSES, TASKS
-from fmx.tasks.base import FmxTask, apply_gradients, to_float, top1_correct
+from fmx.tasks.base import FmxTask, apply_gradients, to_float, top1_correct, update_mean
 
 
 @TASKS.register('teacher', denylist=('params', 'logging_dir', 'name'))
@@ -39,8 +39,11 @@ class TeacherTask(FmxTask):
     return self.build_backbone(self.backbone, scope='teacher')
 
   def build_metrics(self, training: bool = True):
-    del training
-    return [tf_keras.metrics.Mean('top1')]
+    # The eval loss is a metric of per-example losses, weighted like the
+    # others (Model Garden's own validation_loss would average the padded
+    # batches' means). Training's loss is the trainer's.
+    names = ('top1',) if training else ('top1', 'validation_loss')
+    return [tf_keras.metrics.Mean(name) for name in names]
 
   def train_step(self, inputs, model, optimizer, metrics=None):
     with tf.GradientTape() as tape:
@@ -52,13 +55,14 @@ class TeacherTask(FmxTask):
 
   def validation_step(self, inputs, model, metrics=None):
     logits = model(inputs['image'], training=False)
-    self._update(metrics, inputs['label'], logits)
-    return {self.loss: tf.reduce_mean(self.loss_fn(inputs['label'], logits))}
+    self._update(metrics, inputs['label'], logits, inputs.get('weight'))
+    return {}  # the loss is the 'validation_loss' metric
 
-  def _update(self, metrics, labels, logits):
+  def _update(self, metrics, labels, logits, weights=None):
+    values = {'top1': lambda: top1_correct(labels, logits),
+              'validation_loss': lambda: self.loss_fn(labels, logits)}
     for metric in metrics or []:
-      if metric.name == 'top1':
-        metric.update_state(top1_correct(labels, logits))
+      update_mean(metric, values[metric.name](), weights)
 
   def results(self, eval_logs) -> dict:
     logs = to_float(eval_logs)

@@ -56,9 +56,9 @@ def train_dataset(data: Data, mode: str, batch_size: int, seed: int,
     source = dataclasses.replace(source, dataset=source.dataset.enumerate().map(
         lambda index, example: dict(example, index=index)))
   examples = data.train_examples(seed, input_context, source,
-                                 start=start_batch * batch_size)
-  pipeline_seed = data.train_seed(seed, input_context)
-  augment = functools.partial(_augment, data, mode, pipeline_seed)
+                                 start=start_batch * batch_size,
+                                 batch_size=batch_size)
+  augment = functools.partial(_augment, data, mode, seed)
   dataset = examples.map(augment, num_parallel_calls=AUTOTUNE)
   return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 

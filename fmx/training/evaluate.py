@@ -45,7 +45,8 @@ def restore_run(model_dir: str, bindings: Sequence[str] = ()) -> RestoredRun:
   if not checkpoint:
     raise UserError(f'run {model_dir!r} has no checkpoint yet; train it with '
                     f'`fmx run` first.')
-  gin_config.parse([config], _task_binding(model_dir, config) + list(bindings))
+  gin_config.parse([config], _task_binding(model_dir, config) +
+                   _local_strategy_binding(config) + list(bindings))
   setup = run.build_setup(Experiment().task, model_dir)
   with setup.strategy.scope():
     trainer = train_utils.create_trainer(setup.params, setup.task, train=False,
@@ -74,6 +75,17 @@ def _task_binding(model_dir: str, config: str) -> List[str]:
     return []  # gin then names the missing value
   task = teacher_run.read_results(model_dir).get('task')
   return [f'Experiment.task = {task!r}'] if task else []
+
+
+def _local_strategy_binding(config: str) -> List[str]:
+  # A run trained by several workers is evaluated by one machine: with the
+  # workers' strategy, a TF_CONFIG in the environment would make it wait
+  # for the rest of the cluster.
+  with tf.io.gfile.GFile(config) as f:
+    values = run_dir.parse_config(f.read())
+  if values.get('Runtime.distribution_strategy') == "'multi_worker_mirrored'":
+    return ["Runtime.distribution_strategy = 'auto'"]
+  return []
 
 
 def evaluate_run(model_dir: str, split: Optional[str] = None) -> dict:

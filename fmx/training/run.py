@@ -19,7 +19,6 @@ import tensorflow as tf
 import tf_keras
 from official.core import base_task
 from official.core import config_definitions as cfg
-from official.core import train_lib
 from official.core import train_utils
 
 from fmx import gin_config
@@ -28,6 +27,7 @@ from fmx.errors import UserError
 from fmx.registry import TASKS
 from fmx.tasks import teacher_run
 from fmx.tasks.base import EVAL_SPLIT, TEST_SPLIT
+from fmx.training import cluster
 from fmx.training import dry_run as dry_run_lib
 from fmx.training import input_images
 from fmx.training import preemption
@@ -134,6 +134,8 @@ def build_setup(task_name: str, model_dir: str) -> Setup:
   tf_keras.utils.set_random_seed(training.seed)
   if runtime.deterministic:
     tf.config.experimental.enable_op_determinism()
+  if runtime.distribution_strategy == 'multi_worker_mirrored':
+    cluster.check_tf_config()
   strategy = runtime.strategy()
   replicas = strategy.num_replicas_in_sync
   for key, batch in (('global_batch_size', training.global_batch_size),
@@ -165,22 +167,37 @@ def train_and_evaluate(task_name: str, model_dir: str,
   checkpoint is moved aside for the previous one (fmx.training.run_dir).
   During training: non-finite losses roll back (fmx.training.recovery) and
   SIGTERM saves and stops (fmx.training.preemption).
+  Under multi-worker, every worker runs this; only the chief writes
+  model_dir (fmx.training.cluster).
   """
-  run_dir.prepare(model_dir)
   setup = build_setup(task_name, model_dir)
-  task, strategy, params = setup.task, setup.strategy, setup.params
-  task.start_step = run_dir.restorable_step(model_dir)
+  with cluster.worker_role(setup.strategy, model_dir) as role:
+    with cluster.peers_lost_as_stop(role):
+      return _train_and_evaluate(setup, role, allow_config_change)
+
+
+def _train_and_evaluate(setup: Setup, role: cluster.Role,
+                        allow_config_change: bool) -> dict:
+  task_name, task, strategy, params = (setup.task_name, setup.task,
+                                       setup.strategy, setup.params)
+  model_dir = role.model_dir
+  start = cluster.starting_checkpoint(strategy, role)
+  task.start_step = start[0]
   task.preemption = preemption.Preemption()
   with strategy.scope():
     trainer = train_utils.create_trainer(params, task, train=True, evaluate=True,
                                          trainer_cls=trainer_lib.Trainer)
   # Model, data and optimizer are built, so gin's operative config is
   # complete; it is checked before the checkpoint is restored into them.
-  run_dir.check_free_space(model_dir, _checkpoint_bytes(trainer))
-  run_dir.check_config(model_dir, gin.operative_config_str(), allow_config_change)
+  config = gin.operative_config_str()
+  cluster.check_same_config(strategy, role, config)
+  with cluster.together(strategy, role):
+    run_dir.check_free_space(role.write_dir, _checkpoint_bytes(trainer))
+    if role.is_chief:
+      run_dir.check_config(model_dir, config, allow_config_change)
   bar = progress.ProgressBar(setup.train_steps,
                              params.task.train_data.global_batch_size,
-                             os.path.join(model_dir, 'train'),
+                             os.path.join(role.write_dir, 'train'),
                              description=f'{task_name} {os.path.basename(model_dir)}')
   training = Training()
   runner = None
@@ -189,25 +206,32 @@ def train_and_evaluate(task_name: str, model_dir: str,
       lambda: runner.checkpoint_manager)
   stop = preemption.stop_if_requested(
       task.preemption, lambda: _save_finite(runner, trainer, model_dir), model_dir)
+  same_statistics = _same_statistics_before_evals(
+      trainer, strategy, params.trainer.validation_interval, setup.train_steps)
   # Rollback first: a loop cut short by SIGTERM is checked before it is saved.
-  runner = train_lib.OrbitExperimentRunner(
+  runner = cluster.ExperimentRunner(
       distribution_strategy=strategy, task=task, mode='train_and_eval',
-      params=params, model_dir=model_dir, trainer=trainer,
-      train_actions=[rollback, stop, bar],
+      params=params, role=role, start=start, trainer=trainer,
+      train_actions=[rollback, stop, same_statistics, bar],
       eval_actions=[progress.EvalPrinter(bar)])
   bar.attach(trainer.global_step)  # the controller has restored it by now
+  # Multi-worker runs cannot save on SIGTERM (see cluster.stop_on_sigterm).
+  on_sigterm = (cluster.stop_on_sigterm(role) if role.multi_worker
+                else task.preemption.watching())
   try:
     if task.start_step == 0:
       # Something to roll back to before the first periodic checkpoint.
       runner.controller.save_checkpoint()
-    if task_name == 'teacher':
-      teacher_run.write_architecture(trainer.model, model_dir)
-    input_images.log_first_batch(task, model_dir, int(trainer.global_step.numpy()))
+    if role.is_chief:
+      if task_name == 'teacher':
+        teacher_run.write_architecture(trainer.model, model_dir)
+      input_images.log_first_batch(task, model_dir,
+                                   int(trainer.global_step.numpy()))
 
     start = time.perf_counter()
     # The controller directly, not runner.run(): that also profiles the model to
     # count FLOPs, which costs ~20 s and prints TF1 warnings on every run.
-    with task.preemption.watching(), run_dir.disk_errors_as_user_errors(model_dir):
+    with on_sigterm, run_dir.disk_errors_as_user_errors(model_dir):
       with strategy.scope():
         runner.controller.train_and_evaluate(
             train_steps=setup.train_steps, eval_steps=-1,
@@ -217,17 +241,45 @@ def train_and_evaluate(task_name: str, model_dir: str,
   train_seconds = time.perf_counter() - start
 
   results = evaluate_split(setup, trainer, TEST_SPLIT,
-                           summary_dir=os.path.join(model_dir, 'test'))
+                           summary_dir=os.path.join(role.write_dir, 'test'))
   results.update(train_seconds=round(train_seconds, 1),
                  skipped_corrupt=decoding.total_skipped(task.sources.values()))
-  # results.json marks the run finished: write it last, atomically, keeping
-  # an earlier run's (a rerun with other values) beside it.
-  path = os.path.join(model_dir, teacher_run.RESULTS_FILE)
-  if tf.io.gfile.exists(path):
-    tf.io.gfile.rename(path, path.replace(
-        '.json', f'.before-{time.strftime("%Y%m%d-%H%M%S")}.json'), overwrite=True)
-  write_text(path, json.dumps(results, indent=2, sort_keys=True) + '\n')
+  if role.is_chief:
+    # results.json marks the run finished: write it last, atomically, keeping
+    # an earlier run's (a rerun with other values) beside it.
+    path = os.path.join(model_dir, teacher_run.RESULTS_FILE)
+    if tf.io.gfile.exists(path):
+      tf.io.gfile.rename(path, path.replace(
+          '.json', f'.before-{time.strftime("%Y%m%d-%H%M%S")}.json'), overwrite=True)
+    write_text(path, json.dumps(results, indent=2, sort_keys=True) + '\n')
+  # The other workers return once it is written: a distillation run that
+  # trained its teacher first reads the teacher's results.json next.
+  cluster.from_chief(strategy, role, 0)
   return results
+
+
+def _same_statistics_before_evals(trainer, strategy, eval_interval: int,
+                                  train_steps: int):
+  """A train action: before each eval, every replica takes the mean of the
+  replicas' BatchNorm moving statistics.
+
+  tf.distribute keeps one copy per replica, each updated from its own
+  batches, and synchronises them only on read: a checkpoint holds their
+  mean, but each replica would evaluate its own copy, that is another
+  model than the one saved (`fmx eval` of the checkpoint would disagree).
+  The mean, the only value saved, stays as it is.
+  """
+  variables = [v for v in trainer.model.variables
+               if v.synchronization == tf.VariableSynchronization.ON_READ]
+
+  def act(_):
+    step = int(trainer.global_step.numpy())
+    if strategy.num_replicas_in_sync > 1 and (step % eval_interval == 0 or
+                                              step == train_steps):
+      with strategy.scope():
+        for variable in variables:
+          variable.assign(variable.read_value())
+  return act
 
 
 def _save_finite(runner, trainer, model_dir: str) -> str:
@@ -251,8 +303,9 @@ def evaluate_split(setup: Setup, trainer, split: str,
                    summary_dir: Optional[str] = None) -> dict:
   """Evaluates the trainer's model on one split ('eval' or 'test') of the task.
 
-  Every example is counted once: the eval pipeline makes one pass and keeps
-  the smaller last batch.
+  Every example is counted once, under any strategy: the eval pipeline pads
+  the split to whole global batches with examples of weight 0, which the
+  metrics do not count (fmx.data.pipeline.Data.eval_dataset_fn).
   """
   task = setup.task
   config = cfg.DataConfig(is_training=False, input_path=split,

@@ -6,10 +6,11 @@ these values so the trainer, optimizers and schedules are Model Garden's own.
 """
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import gin
 import tensorflow as tf
+from absl import logging
 from official.common import distribute_utils
 from official.core import config_definitions as cfg
 from official.modeling.optimization.configs import optimization_config
@@ -39,7 +40,10 @@ class Training:
                checkpoints_to_keep: int = 3,
                seed: int = 0,
                max_steps: Optional[int] = None,
-               compile_steps: bool = True):
+               compile_steps: bool = True,
+               checkpoint_every_steps: Optional[int] = None,
+               nan_rollbacks: int = 3,
+               loss_upper_bound: float = 1e6):
     self.epochs = epochs
     self.global_batch_size = global_batch_size
     self.eval_batch_size = eval_batch_size
@@ -51,6 +55,16 @@ class Training:
     # False runs steps eagerly: for dry runs, where tracing a big model once
     # costs more than the one step it would speed up.
     self.compile_steps = compile_steps
+    # None: at every eval. Rounded up to whole loops of steps_per_loop.
+    self.checkpoint_every_steps = checkpoint_every_steps
+    # Rollbacks to the last good checkpoint after a non-finite loss or
+    # weights (fmx.training.recovery) before the run stops.
+    self.nan_rollbacks = nan_rollbacks
+    self.loss_upper_bound = loss_upper_bound
+    if checkpoints_to_keep < 1:
+      raise UserError(f'Training.checkpoints_to_keep = {checkpoints_to_keep}; '
+                      'keep at least 1 (2 or more let a run fall back when its '
+                      'latest checkpoint is corrupt).')
     if global_batch_size <= 0 or epochs <= 0:
       raise UserError(f'Training.epochs ({epochs}) and Training.global_batch_size '
                       f'({global_batch_size}) must be positive.')
@@ -67,18 +81,24 @@ class Training:
     loop = max(1, min(self.steps_per_loop, train_steps))
     # Rounded up, so the last interval ends at train_steps (no extra eval).
     eval_interval = loop * max(1, math.ceil(train_steps / max(1, self.evals) / loop))
+    checkpoint_interval = (loop * max(1, math.ceil(self.checkpoint_every_steps / loop))
+                           if self.checkpoint_every_steps else eval_interval)
     return cfg.TrainerConfig(
         optimizer_config=optimizer,
         train_steps=train_steps,
         steps_per_loop=loop,
         summary_interval=loop,
-        checkpoint_interval=eval_interval,
+        checkpoint_interval=checkpoint_interval,
         validation_interval=eval_interval,
         validation_steps=-1,  # the whole eval split, every time
         max_to_keep=self.checkpoints_to_keep,
         train_tf_function=self.compile_steps,
         train_tf_while_loop=self.compile_steps,
-        eval_tf_function=self.compile_steps)
+        eval_tf_function=self.compile_steps,
+        # fmx.training.recovery replaces Model Garden's own rollback, which
+        # checks only the loss and raises a bare RuntimeError.
+        recovery_max_trials=-1,
+        loss_upper_bound=self.loss_upper_bound)
 
 
 @gin.configurable
@@ -169,23 +189,48 @@ class Optimizer:
 
 @gin.configurable
 class Runtime:
-  """Devices and numerics: the tf.distribute strategy and precision."""
+  """Devices and numerics: the tf.distribute strategy, precision and XLA.
+
+  `mixed_precision` 'auto' (default) and `xla` None (default) pick per device
+  (see AUTO_NUMERICS); an explicit value wins: None, 'bfloat16' or 'float16',
+  and True or False. After construction both attributes hold the resolved,
+  concrete values, so every reader sees what the run really uses.
+  """
+
+  # (xla, mixed_precision) that 'auto' means on each kind of device. TPUs
+  # compute in bfloat16 natively and always compile with XLA. GPUs gain from
+  # XLA's fusions and from float16 on tensor cores (with loss scaling, which
+  # Model Garden adds for float16). On a CPU, XLA made ResNet training about
+  # 2x slower (2-core host, TF 2.20), and a CPU without bfloat16 units only
+  # spends time converting: both stay off.
+  AUTO_NUMERICS = {'tpu': (True, 'bfloat16'),
+                   'gpu': (True, 'float16'),
+                   'cpu': (False, None)}
+  MIXED_PRECISIONS = (None, 'bfloat16', 'float16')
 
   def __init__(self,
                distribution_strategy: str = 'auto',
                tpu: Optional[str] = None,
                num_gpus: Optional[int] = None,
-               mixed_precision: Optional[str] = None,
+               mixed_precision: Optional[str] = 'auto',
+               xla: Optional[bool] = None,
                deterministic: bool = False,
                intra_op_threads: Optional[int] = None):
     self.distribution_strategy = distribution_strategy
     self.tpu = tpu
     self.num_gpus = (len(tf.config.list_physical_devices('GPU'))
                      if num_gpus is None else num_gpus)
-    if mixed_precision not in (None, 'bfloat16', 'float16'):
-      raise UserError(f"Runtime.mixed_precision = {mixed_precision!r}; use None, "
-                      "'bfloat16' or 'float16'.")
-    self.mixed_precision = mixed_precision
+    if mixed_precision not in self.MIXED_PRECISIONS + ('auto',):
+      raise UserError(f"Runtime.mixed_precision = {mixed_precision!r}; use 'auto' "
+                      "(per device), None (float32), 'bfloat16' or 'float16'.")
+    if xla not in (None, True, False):
+      raise UserError(f'Runtime.xla = {xla!r}; use None (per device), True or '
+                      'False.')
+    self.device = self.device_kind()
+    # Resolved once, here: the Keras policy (fmx.training.run), Model
+    # Garden's RuntimeConfig and exports all read concrete values.
+    self.xla, self.mixed_precision = self.resolve_numerics(
+        self.device, xla, mixed_precision)
     self.deterministic = deterministic
     if intra_op_threads:
       # Set by `fmx grid --parallel N`, so N runs share the cores instead of
@@ -195,6 +240,25 @@ class Runtime:
         tf.config.threading.set_inter_op_parallelism_threads(intra_op_threads)
       except RuntimeError:
         pass  # TF already started in this process (teacher trained first)
+
+  def device_kind(self) -> str:
+    """'tpu', 'gpu' or 'cpu': what the strategy of this runtime computes on."""
+    if self.tpu or self.distribution_strategy == 'tpu':
+      return 'tpu'
+    return 'gpu' if self.num_gpus > 0 else 'cpu'
+
+  @classmethod
+  def resolve_numerics(cls, device: str, xla: Optional[bool],
+                       mixed_precision: Optional[str]
+                       ) -> Tuple[bool, Optional[str]]:
+    """(xla, mixed_precision) on `device`, None and 'auto' replaced by defaults."""
+    auto_xla, auto_precision = cls.AUTO_NUMERICS[device]
+    if device == 'tpu' and xla is False:
+      logging.warning('Runtime.xla = False has no effect on a TPU: TPU programs '
+                      'are always compiled by XLA.')
+      xla = True
+    return (auto_xla if xla is None else xla,
+            auto_precision if mixed_precision == 'auto' else mixed_precision)
 
   def strategy(self) -> tf.distribute.Strategy:
     name = self.distribution_strategy
@@ -210,6 +274,10 @@ class Runtime:
                       f'built: {e}') from None
 
   def runtime_config(self) -> cfg.RuntimeConfig:
+    # Model Garden's trainer jit-compiles the task's train step when
+    # enable_xla is set, on GPUs only; fmx.training.trainer.Trainer on any
+    # device but TPUs (where everything is compiled anyway).
     return cfg.RuntimeConfig(distribution_strategy=self.distribution_strategy,
                              num_gpus=self.num_gpus, tpu=self.tpu,
+                             enable_xla=self.xla,
                              mixed_precision_dtype=self.mixed_precision)

@@ -1,0 +1,130 @@
+"""Where a frozen teacher's forward pass spends its time, and what helps.
+
+    python benchmarks/teacher_forward.py                        # ~2 minutes
+    python benchmarks/teacher_forward.py --teacher mobilenetv3large
+    python benchmarks/teacher_forward.py --image_size 128 --batch_size 32
+
+Times, in interleaved rounds (benchmarks/measure.py), one batch through the
+teacher of benchmarks/workload.py (BiT-R50x1 by default) in inference mode:
+
+- as built: what a plain Keras model computes at every call, including
+  BiT's weight standardisation of every kernel;
+- under XLA (`jit_compile=True`, the forward pass alone);
+- without GroupNorm and without weight standardisation: ablations with
+  wrong outputs, to show what each costs;
+- folded: weight standardisation computed once, if fmx has
+  `bit_resnet.fold_weight_standardization` (what a frozen teacher can do).
+
+Reports milliseconds per batch and CPU-milliseconds (steadier on a shared
+machine).
+"""
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+
+import measure  # noqa: E402
+import workload as workload_lib  # noqa: E402
+
+
+def cpu_and_wall_rounds(functions, rounds: int) -> dict:
+  """Like measure.time_rounds, with CPU time too (mean over rounds)."""
+  for function in functions.values():
+    measure.wait(function())
+  totals = {name: [0.0, 0.0] for name in functions}
+  for _ in range(rounds):
+    for name, function in functions.items():
+      wall, cpu = time.perf_counter(), time.process_time()
+      measure.wait(function())
+      totals[name][0] += time.perf_counter() - wall
+      totals[name][1] += time.process_time() - cpu
+  return {name: {'ms': 1000 * wall / rounds, 'cpu_ms': 1000 * cpu / rounds}
+          for name, (wall, cpu) in totals.items()}
+
+
+def _no_group_norm(self, inputs):
+  del self
+  return inputs
+
+
+def _no_standardisation(self, inputs, kernel):
+  return tf_keras.layers.Conv2D.convolution_op(self, inputs, kernel)
+
+
+def variants(teacher: tf_keras.Model, images) -> dict:
+  """name -> argument-less function, each traced with its own layer code."""
+  from fmx.backbones import bit_resnet  # pylint: disable=g-import-not-at-top
+  functions = {}
+
+  def add(name, jit=False):
+    function = tf.function(lambda: teacher(images, training=False),
+                           jit_compile=jit)
+    measure.wait(function())  # traced now, with the layer code of now
+    functions[name] = function
+
+  add('as built')
+  add('as built, XLA', jit=True)
+  is_bit = any(isinstance(m, bit_resnet.StandardizedConv2D)
+               for m in teacher.submodules)
+  if not is_bit:
+    return functions
+  norm_call = bit_resnet.GroupNormalization.call
+  conv_op = bit_resnet.StandardizedConv2D.convolution_op
+  try:
+    bit_resnet.GroupNormalization.call = _no_group_norm
+    add('ablation: no GroupNorm')
+    bit_resnet.GroupNormalization.call = norm_call
+    bit_resnet.StandardizedConv2D.convolution_op = _no_standardisation
+    add('ablation: no weight standardisation')
+  finally:
+    bit_resnet.GroupNormalization.call = norm_call
+    bit_resnet.StandardizedConv2D.convolution_op = conv_op
+  fold = getattr(bit_resnet, 'fold_weight_standardization', None)
+  if fold is not None:
+    fold(teacher)
+    add('folded')
+    add('folded, XLA', jit=True)
+  return functions
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--teacher', default=workload_lib.DEFAULT.teacher)
+  parser.add_argument('--teacher_params', type=json.loads, default=None,
+                      help='JSON, e.g. \'{"depth": 50, "width": 1}\'')
+  parser.add_argument('--image_size', type=int,
+                      default=workload_lib.DEFAULT.image_size)
+  parser.add_argument('--batch_size', type=int,
+                      default=workload_lib.DEFAULT.batch_size)
+  parser.add_argument('--rounds', type=int, default=5)
+  args = parser.parse_args()
+  params = args.teacher_params
+  if params is None:
+    params = (workload_lib.DEFAULT.teacher_params
+              if args.teacher == workload_lib.DEFAULT.teacher else {})
+  tf_keras.utils.set_random_seed(0)
+  teacher = workload_lib.build_backbone(args.teacher, params, args.image_size)
+  teacher.trainable = False
+  images = tf.random.uniform((args.batch_size, args.image_size,
+                              args.image_size, 3))
+  timings = cpu_and_wall_rounds(variants(teacher, images), args.rounds)
+  machine = measure.machine()
+  print(f'{args.teacher}{params or ""} forward, batch {args.batch_size}, '
+        f'{args.image_size} px; {machine["cpu"]}, {machine["cores"]} cores, '
+        f'TensorFlow {machine["tensorflow"]}, load average '
+        f'{machine["load_average"][0]}')
+  reference = timings['as built']['cpu_ms']
+  width = max(len(name) for name in timings)
+  for name, timing in timings.items():
+    print(f'  {name:<{width}}  {timing["ms"]:7.0f} ms  {timing["cpu_ms"]:7.0f} '
+          f'CPU-ms  ({timing["cpu_ms"] / reference:.2f}x the CPU time as built)')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,84 @@
+"""Model Garden's trainer, with XLA wherever `Runtime.xla` asks for it.
+
+Model Garden's `base_trainer.Trainer` jit-compiles the task's train step only
+when `runtime.enable_xla` is set *and* the run has GPUs (a TPU compiles
+everything with XLA anyway). fmx resolves `Runtime.xla` per device (on for
+TPU and GPU, off for CPU, see fmx.training.settings.Runtime), so an explicit
+`Runtime.xla = True` must also compile on a CPU host: this trainer does so on
+every device but TPUs. Everything else is Model Garden's.
+"""
+
+import tensorflow as tf
+from official.core import base_trainer
+from orbit.utils import loop_fns
+
+
+def compiles_train_step(config, strategy: tf.distribute.Strategy) -> bool:
+  """True when the task's train step is to be jit-compiled by XLA.
+
+  Not on TPUs: their whole loop is one XLA program already.
+  """
+  on_tpu = isinstance(strategy, (tf.distribute.TPUStrategy,
+                                 tf.distribute.experimental.TPUStrategy))
+  return bool(config.runtime.enable_xla) and not on_tpu
+
+
+class Trainer(base_trainer.Trainer):
+  """base_trainer.Trainer whose train step honours enable_xla on any device."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._task_train_step = self.task.train_step
+    if compiles_train_step(self.config, self.strategy):
+      # One tf.function, made once: the while-loop of steps_per_loop steps
+      # then calls the same compiled cluster every step.
+      self._task_train_step = tf.function(self.task.train_step,
+                                          jit_compile=True)
+
+  def train_step(self, iterator):
+    """One step per replica: the task's step (maybe XLA), loss and step count."""
+
+    def step_fn(inputs):
+      logs = self._task_train_step(inputs, model=self.model,
+                                   optimizer=self.optimizer,
+                                   metrics=self.train_metrics)
+      self.train_loss.update_state(logs[self.task.loss])
+      self.global_step.assign_add(1)
+
+    inputs = self.next_train_inputs(iterator)
+    self.strategy.run(step_fn, args=(inputs,), options=self._runtime_options)
+
+  def create_train_loop_fn(self):
+    """Orbit's loop of steps, ending early at a step boundary on a stop request.
+
+    The stop request (fmx.training.preemption) is read before every step, so
+    a SIGTERM stops the loop between two whole steps, within one step's time,
+    however long steps_per_loop is. (Ending the input stream instead would
+    cancel a step midway: some variables updated, others not.)
+    """
+    preemption = getattr(self.task, 'preemption', None)
+    if preemption is None:
+      return super().create_train_loop_fn()
+    stop = preemption.requested
+
+    if not self._train_options.use_tf_while_loop:
+      step_fn = (tf.function(self.train_step)
+                 if self._train_options.use_tf_function else self.train_step)
+
+      def python_loop_fn(iterator, num_steps):
+        for _ in range(int(num_steps)):
+          if bool(stop.numpy()):
+            break
+          step_fn(iterator)
+      return python_loop_fn
+
+    def loop_fn(iterator, num_steps):
+      for _ in tf.range(num_steps):
+        if stop.read_value():
+          break
+        with tf.name_scope(''):
+          self.train_step(iterator)
+
+    if self._train_options.use_tpu_summary_optimization:
+      return loop_fns.LoopFnWithSummaries(loop_fn)
+    return tf.function(loop_fn)
