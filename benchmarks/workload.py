@@ -57,6 +57,10 @@ class Workload:
   component_calls: int    # calls of each part per round
   images: int             # training images written
   source_size: int        # their JPEG size, px
+  # fmx's `distillation.teacher_jit_compile`: docs/performance.md advises it
+  # for BiT teachers on CPUs (not for MobileNet-style ones). The baseline
+  # runs its teacher as Keras loads it.
+  teacher_jit_compile: bool = False
   # Extra gin bindings for the run, e.g. "Runtime.xla = True" (both fmx's
   # and the baseline's config get them; the baseline only reads Data).
   bindings: Tuple[str, ...] = ()
@@ -66,7 +70,11 @@ class Workload:
     def name(entry, params):
       values = ','.join(f'{k}={v}' for k, v in params.items())
       return f'{entry}({values})' if values else entry
-    bound = ''.join(f'; {binding}' for binding in self.bindings)
+    # As in gin_lines: the workload's setting, then the bindings, which win.
+    overridden = any('teacher_jit_compile' in b for b in self.bindings)
+    bindings = (('distillation.teacher_jit_compile = True',)
+                if self.teacher_jit_compile and not overridden else ()) + self.bindings
+    bound = ''.join(f'; {binding}' for binding in bindings)
     return (f'{name(self.teacher, self.teacher_params)} -> '
             f'{name(self.student, self.student_params)}, '
             f'{self.image_size} px, batch {self.batch_size}{bound}')
@@ -76,7 +84,8 @@ DEFAULT = Workload(
     teacher='bit_resnet', teacher_params={'depth': 50, 'width': 1},
     student='mobilenetv3large', student_params={},
     image_size=96, batch_size=16, steps_per_loop=3, timed_loops=8,
-    component_rounds=3, component_calls=2, images=256, source_size=384)
+    component_rounds=3, component_calls=2, images=256, source_size=384,
+    teacher_jit_compile=True)
 
 QUICK = Workload(
     teacher='simple_cnn', teacher_params={'widths': (32, 64, 128)},
@@ -159,6 +168,7 @@ def gin_lines(folder: str, workload: Workload, model_dir: str,
       f'Training.eval_batch_size = {workload.batch_size}',
       f'Training.steps_per_loop = {workload.steps_per_loop}',
       'Training.evals = 1',
+      f'distillation.teacher_jit_compile = {workload.teacher_jit_compile}',
   ]
   lines += [f'student/backbones.{workload.student}.{key} = {_gin_value(value)}'
             for key, value in workload.student_params.items()]

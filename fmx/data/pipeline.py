@@ -263,11 +263,11 @@ class Data:
     """One pass over the eval split; the last batch may be smaller.
 
     With `pad`, every batch is whole instead: each example gets a 'weight'
-    of 1 and the split is padded with examples of weight 0 (all-zero images) to
-    a whole number of global batches, so every replica gets the same number
-    of whole batches (static shapes, as TPUs need; no replica starved of
-    data) and metrics weighted by 'weight' count each example exactly once,
-    under any strategy.
+    of 1 and the split is padded with examples of weight 0 (all-zero
+    images) to a whole number of global batches, so every replica gets the
+    same number of whole batches (static shapes, as TPUs need; no replica
+    starved of data) and metrics weighted by 'weight' count each example
+    exactly once, under any strategy.
     """
     source = source or self.source('eval')
     dataset = self._checked(source)

@@ -13,6 +13,7 @@ import tf_keras
 
 # Registers the custom Keras layers (BiT's, hub's) model_from_json must know.
 import fmx.backbones  # noqa: F401  pylint: disable=unused-import
+from fmx.backbones import bit_resnet
 from fmx.errors import UserError
 
 ARCHITECTURE_FILE = 'model.json'
@@ -57,6 +58,9 @@ def load_teacher(run_dir: str) -> tf_keras.Model:
         f'{str(e).splitlines()[0] if str(e) else ""}). If it uses a TF-Hub '
         'module, the handle must be reachable; otherwise retrain the teacher.') from None
   teacher.trainable = False
+  # The teacher never changes: what depends on its weights alone (BiT's
+  # weight standardisation) is computed once here, not at every step.
+  bit_resnet.fold_weight_standardization(teacher)
   return teacher
 
 

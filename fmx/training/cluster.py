@@ -156,9 +156,9 @@ def check_same_config(strategy: tf.distribute.Strategy, role: Role,
   with together(strategy, role):
     if from_chief(strategy, role, digest) != digest:
       raise UserError(
-          'this worker was started with another gin config than the chief '
-          '(worker 0); start every worker with the same gin files and --bind '
-          'values: only TF_CONFIG differs between workers.')
+          'this worker was started with another gin config than the chief; '
+          'start every worker with the same gin files and --bind values: '
+          'only TF_CONFIG differs between workers.')
 
 
 class ExperimentRunner(train_lib.OrbitExperimentRunner):

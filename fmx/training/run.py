@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 import time
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import gin
 import tensorflow as tf
@@ -79,7 +79,7 @@ def _run(gin_files, bindings, model_dir, dry_run_root: Optional[str],
     if not teacher_run.is_finished(run_dir):
       print(f'Teacher run {run_dir} has no finished checkpoint: training it '
             f'first with {teacher_gin}.', flush=True)
-      _run([teacher_gin], [], run_dir, dry_run_root)
+      _run([teacher_gin], _same_workers(), run_dir, dry_run_root)
     # The teacher run replaced the config; parsing again also restarts gin's
     # record of used values, so the operative config is this run's alone.
     gin_config.parse(gin_files, bindings)
@@ -97,6 +97,21 @@ def _run(gin_files, bindings, model_dir, dry_run_root: Optional[str],
   # training) ends as its one-paragraph UserError.
   with decoding.data_errors_as_user_errors():
     return train_and_evaluate(experiment.task, model_dir, allow_config_change)
+
+
+def _same_workers() -> List[str]:
+  """Bindings that train a multi-worker run's teacher on the same workers.
+
+  With its own gin's strategy, every worker would train a teacher of its
+  own into the same folder (and a process cannot join a cluster later).
+  """
+  try:
+    strategy = gin.query_parameter('Runtime.distribution_strategy')
+  except ValueError:
+    return []  # not set
+  if strategy != 'multi_worker_mirrored':
+    return []
+  return ["Runtime.distribution_strategy = 'multi_worker_mirrored'"]
 
 
 def _teacher_run_to_train() -> Optional[Tuple[str, str]]:
@@ -121,6 +136,8 @@ class Setup:
   strategy: tf.distribute.Strategy
   params: cfg.ExperimentConfig
   train_steps: int
+  # gin keys whose 'auto' value Runtime resolved per device -> the result.
+  resolved: Dict[str, Any]
 
 
 def build_setup(task_name: str, model_dir: str) -> Setup:
@@ -155,7 +172,9 @@ def build_setup(task_name: str, model_dir: str) -> Setup:
       task=task_config,
       trainer=training.trainer_config(train_steps, optimizer.config(train_steps)),
       runtime=runtime.runtime_config())
-  return Setup(task_name, task, strategy, params, train_steps)
+  return Setup(task_name, task, strategy, params, train_steps,
+               resolved={'Runtime.mixed_precision': runtime.mixed_precision,
+                         'Runtime.xla': runtime.xla})
 
 
 def train_and_evaluate(task_name: str, model_dir: str,
@@ -194,7 +213,8 @@ def _train_and_evaluate(setup: Setup, role: cluster.Role,
   with cluster.together(strategy, role):
     run_dir.check_free_space(role.write_dir, _checkpoint_bytes(trainer))
     if role.is_chief:
-      run_dir.check_config(model_dir, config, allow_config_change)
+      run_dir.check_config(model_dir, config, allow_config_change,
+                           setup.resolved)
   bar = progress.ProgressBar(setup.train_steps,
                              params.task.train_data.global_batch_size,
                              os.path.join(role.write_dir, 'train'),

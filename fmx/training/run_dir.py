@@ -8,12 +8,14 @@ says what to do, without touching what is already written.
 """
 
 import contextlib
+import inspect
 import os
 import re
 import shutil
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
+import gin
 import tensorflow as tf
 from absl import logging
 from official.core import train_utils
@@ -103,30 +105,72 @@ def parse_config(text: str) -> Dict[str, str]:
   return {k: re.sub(r'^\\\s*', '', v) for k, v in values.items()}
 
 
-def config_differences(old: str, new: str) -> List[str]:
-  """'key: old -> new' for every key whose value differs between two configs."""
+def config_differences(old: str, new: str,
+                       ignore_added_defaults: bool = False,
+                       resolved: Optional[Mapping[str, Any]] = None) -> List[str]:
+  """'key: old -> new' for every key whose value differs between two configs.
+
+  With `ignore_added_defaults`, a key only `new` has, at its parameter's
+  default, is no difference: it is a setting a later fmx added, and the old
+  run ran with that default's behaviour (e.g. a run folder written before
+  `distillation.teacher_jit_compile` existed). `resolved` maps keys whose
+  new value is resolved at run time ('auto') to what it resolved to; an old
+  value equal to that is no difference either (a run from before
+  `Runtime.mixed_precision = 'auto'` that used None, resumed on a CPU).
+  """
+  resolved = resolved or {}
   before, after = parse_config(old), parse_config(new)
   lines = []
   for key in sorted(set(before) | set(after)):
     if key in _IGNORED_KEYS or before.get(key) == after.get(key):
+      continue
+    if (ignore_added_defaults and key not in before
+        and _is_default(key, after[key])):
+      continue
+    if key in resolved and key in before and _value(before[key]) == resolved[key]:
       continue
     lines.append(f'{key}: {before.get(key, "(unset)")} -> '
                  f'{after.get(key, "(unset)")}')
   return lines
 
 
-def check_config(model_dir: str, config: str, allow_change: bool) -> None:
+def _value(text: str) -> Any:
+  try:
+    return gin.config.parse_value(text)
+  except (ValueError, SyntaxError):
+    return text  # not a literal (a reference): compared as written
+
+
+def _is_default(key: str, value: str) -> bool:
+  """True if `value` is the default of the gin parameter `key`."""
+  # 'scope/module.configurable.parameter': the scope does not change defaults.
+  name, _, parameter = key.rpartition('/')[2].rpartition('.')
+  try:
+    signature = inspect.signature(gin.config.get_configurable(name))
+    default = signature.parameters[parameter].default
+    return (default is not inspect.Parameter.empty
+            and gin.config.parse_value(value) == default)
+  except (ValueError, KeyError, SyntaxError, TypeError):
+    return False  # unknown to this fmx, or not a literal: a real difference
+
+
+def check_config(model_dir: str, config: str, allow_change: bool,
+                 resolved: Optional[Mapping[str, Any]] = None) -> None:
   """Writes the operative config; refuses one that differs from the folder's.
 
   A checkpoint trained under one config and resumed under another is a run
   of neither. With allow_change the earlier config is kept beside the new
-  one (operative_config.before-<time>.gin).
+  one (operative_config.before-<time>.gin). Settings added to fmx since the
+  run began, at their defaults, and 'auto' values that resolve to the old
+  run's are not differences (see config_differences).
   """
   path = os.path.join(model_dir, OPERATIVE_CONFIG)
   if tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:
       previous = f.read()
-    differences = config_differences(previous, config)
+    differences = config_differences(previous, config,
+                                     ignore_added_defaults=True,
+                                     resolved=resolved)
     if differences and not allow_change:
       shown = '; '.join(differences[:8]) + (
           f'; and {len(differences) - 8} more' if len(differences) > 8 else '')

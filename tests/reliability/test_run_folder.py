@@ -150,3 +150,47 @@ def test_config_differences_reads_multi_line_values():
   new = "Data.size = 3\nData.ops = ['a', 'c']\nB.y = 2\nExperiment.model_dir = 'x'\n"
   assert run_dir.config_differences(old, new) == [
       'A.x: 1 -> (unset)', 'B.y: (unset) -> 2', "Data.ops: ['a', 'b'] -> ['a', 'c']"]
+
+
+def test_a_setting_added_since_the_run_began_counts_only_off_its_default():
+  # A run folder written before `distillation.teacher_jit_compile` existed
+  # resumes under a newer fmx; setting the new key does not.
+  import fmx.tasks.distillation  # noqa: F401  registers `distillation`
+  old = 'Training.steps = 10\n'
+  at_default = old + 'distillation.teacher_jit_compile = False\n'
+  changed = old + 'distillation.teacher_jit_compile = True\n'
+  assert run_dir.config_differences(old, at_default,
+                                    ignore_added_defaults=True) == []
+  assert run_dir.config_differences(old, changed, ignore_added_defaults=True) == [
+      'distillation.teacher_jit_compile: (unset) -> True']
+  # A removed key, or one gin does not know, is still a difference.
+  assert run_dir.config_differences(at_default, old, ignore_added_defaults=True)
+  assert run_dir.config_differences(old, old + 'nowhere.x = 1\n',
+                                    ignore_added_defaults=True)
+
+
+def test_an_auto_value_that_resolves_to_the_old_runs_value_is_no_change():
+  # Runs from before Runtime.mixed_precision = 'auto' recorded None; on a CPU
+  # 'auto' resolves to None (same numerics), on a TPU to 'bfloat16' (not).
+  old = 'Runtime.mixed_precision = None\n'
+  new = "Runtime.mixed_precision = 'auto'\n"
+  assert run_dir.config_differences(
+      old, new, resolved={'Runtime.mixed_precision': None}) == []
+  assert run_dir.config_differences(
+      old, new, resolved={'Runtime.mixed_precision': 'bfloat16'}) == [
+          "Runtime.mixed_precision: None -> 'auto'"]
+
+
+def test_a_run_folder_from_before_the_per_device_defaults_resumes(
+    finished_run, tmp_path, capsys):
+  # What an fmx before Runtime.xla and mixed_precision = 'auto' wrote.
+  gin_file, model_dir = _copy(finished_run, tmp_path)
+  path = os.path.join(model_dir, run_dir.OPERATIVE_CONFIG)
+  config = open(path).read()
+  assert "Runtime.mixed_precision = 'auto'" in config and 'Runtime.xla' in config
+  old = '\n'.join(line for line in config.replace(
+      "Runtime.mixed_precision = 'auto'", 'Runtime.mixed_precision = None'
+  ).splitlines() if not line.startswith('Runtime.xla'))
+  with open(path, 'w') as f:
+    f.write(old)
+  assert cli.main(['run', '--gin', gin_file]) == 0, capsys.readouterr().err
