@@ -15,6 +15,7 @@ import tf_keras
 from fmx.backbones import bit_resnet, bit_weights
 from fmx.errors import UserError
 from fmx.registry import BACKBONES
+from fmx.tasks import teacher_run
 
 CLASSES_IN_FILE = 10
 SIZE = 64
@@ -69,6 +70,23 @@ def test_folding_a_frozen_model_keeps_its_outputs_exactly():
   assert bit_resnet.fold_weight_standardization(model) == 29
   np.testing.assert_array_equal(model(images).numpy(), before)
   assert 'folded' not in model.to_json()  # model.json stays the architecture
+
+
+def test_a_bit_teacher_run_is_loaded_folded_with_its_outputs(tmp_path):
+  tf_keras.utils.set_random_seed(1)
+  model = bit_resnet.build(CLASSES_IN_FILE, (32, 32, 3), depth=26, width=1)
+  head = model.get_layer('head')
+  head.kernel.assign(tf.random.normal(head.kernel.shape))
+  run_dir = str(tmp_path / 'teacher')
+  teacher_run.write_architecture(model, run_dir)
+  tf.train.Checkpoint(model=model).save(f'{run_dir}/ckpt')
+  (tmp_path / 'teacher' / teacher_run.RESULTS_FILE).write_text('{}')
+  teacher = teacher_run.load_teacher(run_dir)
+  convs = [m for m in teacher.submodules
+           if isinstance(m, bit_resnet.StandardizedConv2D)]
+  assert len(convs) == 29 and all(conv.folded for conv in convs)
+  images = tf.random.uniform((2, 32, 32, 3))
+  np.testing.assert_array_equal(teacher(images).numpy(), model(images).numpy())
 
 
 def test_group_norm_matches_tf_keras_group_norm():

@@ -121,6 +121,10 @@ def test_teacher_jit_compile_keeps_the_teacher_logits(trained_teacher, tmp_path)
   task, _, _ = _task(trained_teacher[0], tmp_path,
                      extra='\ndistillation.teacher_jit_compile = True')
   images = _batches(task, 1)[0]['image']
+  # The forward pass really is compiled: XLA's HLO exists only for a
+  # jit-compiled function.
+  assert 'HloModule' in task._teacher_forward.experimental_get_compiler_ir(  # pylint: disable=protected-access
+      images)(stage='hlo')
   np.testing.assert_allclose(task.teacher_logits(images),
                              task.teacher(images, training=False),
                              rtol=1e-4, atol=1e-4)

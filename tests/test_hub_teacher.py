@@ -159,6 +159,31 @@ def test_distills_from_an_exported_teacher(trained_teacher, tmp_path):
   assert f"distillation.teacher_saved_model = '{exported}'" in config
 
 
+class _StringRoundTripTeacher(tf.Module):
+  """Logits of 10 classes through AsString, an op XLA has no kernel for."""
+
+  def __init__(self):
+    super().__init__()
+    self.weights = tf.Variable(tf.ones([1, 10]))
+
+  @tf.function(input_signature=[tf.TensorSpec([None, *SHAPE], tf.float32)])
+  def __call__(self, images):
+    mean = tf.reduce_mean(images, axis=[1, 2])
+    return tf.strings.to_number(tf.strings.as_string(mean)) * self.weights
+
+
+def test_a_teacher_xla_cannot_compile_is_named_at_start_up(tmp_path, capsys):
+  exported = _export(_StringRoundTripTeacher(), tmp_path / 'strings')
+  student_gin = _saved_model_student_gin(
+      tmp_path, exported, 'distillation.teacher_jit_compile = True\n')
+  assert cli.main(['run', '--gin', student_gin]) == cli.EXIT_USER_ERROR
+  err = capsys.readouterr().err
+  assert 'Traceback' not in err
+  assert 'XLA cannot compile the teacher' in err and 'AsString' in err
+  assert 'distillation.teacher_jit_compile = False' in err
+  assert not os.path.exists(tmp_path / 'student' / 'ckpt-0.index')
+
+
 @pytest.mark.parametrize('extra,message', [
     ("distillation.teacher_run = '/some/run'\n", 'not both'),
     ('distillation.teacher_saved_model = None\n', 'not neither'),

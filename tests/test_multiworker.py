@@ -5,6 +5,7 @@
   pipelines together feed every replica exactly the batch one pipeline
   would (resumed runs too), and the padded eval stream gives every
   pipeline the same number of whole batches, each example once.
+- A teacher run trained first trains on the same workers.
 - Two `fmx run` processes (MultiWorkerMirroredStrategy, TF_CONFIG on
   127.0.0.1), resuming a run mid-way, end with the student of a one-device
   run of the same global batch, and only the chief wrote the run folder.
@@ -25,7 +26,7 @@ import pytest
 import tensorflow as tf
 from official.core import train_utils
 
-from conftest import TINY_DATA, tiny_student_gin, write
+from conftest import TINY_DATA, tiny_student_gin, tiny_teacher_gin, write
 from fmx.data.pipeline import Data
 from fmx.errors import UserError
 from fmx.registry import DATASETS
@@ -265,3 +266,25 @@ def test_two_workers_resume_and_match_one_device(trained_teacher, tmp_path):
   assert not glob.glob(str(model_dir / '*.before-*'))
   assert (model_dir / 'operative_config.gin').exists()
   assert not glob.glob(str(tmp_path / 'tmp' / 'fmx-*'))
+
+
+def test_a_teacher_run_trained_first_uses_the_students_workers(
+    tmp_path, monkeypatch):
+  # Every worker of a multi-worker distillation trains the missing teacher
+  # together with the others, not each one on its own into the same folder.
+  teacher_dir = str(tmp_path / 'teacher')
+  teacher_gin = write(tmp_path / 'teacher.gin', tiny_teacher_gin(teacher_dir))
+  student_gin = write(tmp_path / 'student.gin', tiny_student_gin(
+      str(tmp_path / 'student'), teacher_dir, teacher_gin=teacher_gin)
+      + "Runtime.distribution_strategy = 'multi_worker_mirrored'\n")
+  seen = []
+
+  def record(task_name, model_dir, allow_config_change=False):
+    seen.append((task_name, model_dir,
+                 gin.query_parameter('Runtime.distribution_strategy')))
+    raise KeyboardInterrupt  # stop before anything trains
+
+  monkeypatch.setattr(run, 'train_and_evaluate', record)
+  with pytest.raises(KeyboardInterrupt):
+    run.run([student_gin])
+  assert seen == [('teacher', teacher_dir, 'multi_worker_mirrored')]

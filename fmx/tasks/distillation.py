@@ -12,6 +12,7 @@ teacher, so there is nothing of it to save.
 """
 
 import os
+import re
 from typing import Optional
 
 import gin
@@ -74,8 +75,10 @@ class DistillationTask(FmxTask):
     self.teacher_output_cache = teacher_output_cache
     # XLA for the frozen teacher's forward pass alone, whatever Runtime.xla
     # says of the whole step: on a 2-core CPU it made a BiT-R50x1 teacher's
-    # forward ~1.6x faster (XLA fuses GroupNorm), a MobileNetV3 teacher's
-    # ~9x slower (depthwise convolutions); see docs/performance.md.
+    # forward 1.4-2x faster at 96-224 px (XLA fuses GroupNorm) but 2.7x
+    # slower at 64 px, and a MobileNetV3 teacher's ~9x slower (depthwise
+    # convolutions); see docs/performance.md.
+    self.teacher_jit_compile = teacher_jit_compile
     self._teacher_forward = (
         tf.function(self._teacher_call, jit_compile=True)
         if teacher_jit_compile else self._teacher_call)
@@ -98,6 +101,8 @@ class DistillationTask(FmxTask):
           f'{teacher_classes} classes but the data '
           f'{self.sources["train"].name!r} has {self.num_classes}; distill on '
           'data of the same label space or use another teacher.')
+    if self.teacher_jit_compile:
+      self._check_teacher_compiles()
     if self.teaching == 'fixed_teacher':
       teacher_id = (os.path.abspath(tf.train.latest_checkpoint(self.teacher_run))
                     if self.teacher_run else self.teacher_saved_model)
@@ -123,6 +128,24 @@ class DistillationTask(FmxTask):
     # batches' means). Training's loss is the trainer's.
     names = TRAIN_METRICS if training else EVAL_METRICS + ('validation_loss',)
     return [tf_keras.metrics.Mean(name) for name in names]
+
+  def _check_teacher_compiles(self) -> None:
+    """A clear error at start-up, not an XLA stack trace at the first step."""
+    spec = tf.TensorSpec((1, *self.teacher.input_shape[1:]), tf.float32)
+    try:
+      # Lowering to HLO finds ops XLA has no kernel for, without compiling
+      # machine code (the first step compiles at the real batch size):
+      # ~2.5 s for BiT-R50x1 at 224 px here, against ~7 s for the compile.
+      self._teacher_forward.experimental_get_compiler_ir(spec)(stage='hlo')
+    except (ValueError, tf.errors.OpError) as e:
+      op = re.search(r'XLA_\w+: (\w+) \(', str(e))
+      reason = (f'it uses the op {op[1]}, which XLA cannot compile' if op
+                else str(e).strip().splitlines()[0])
+      raise UserError(
+          'distillation.teacher_jit_compile = True, but XLA cannot compile the '
+          f'teacher {self.teacher_run or self.teacher_saved_model!r}: {reason}. '
+          'Set distillation.teacher_jit_compile = False to run it as built.'
+      ) from None
 
   def _teacher_call(self, images):
     return self.teacher(images, training=False)
