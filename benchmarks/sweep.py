@@ -3,6 +3,7 @@
     python benchmarks/sweep.py            # ~5 minutes on 2 CPU cores
     python benchmarks/sweep.py --quick    # small CNNs, a smoke check
     python benchmarks/sweep.py --batches 8 16 --resolutions 64 128
+    python benchmarks/sweep.py --bind 'distillation.teacher_jit_compile = False'
 
 For every resolution, builds the workload of benchmarks/workload.py (same
 teacher, student, data and gin config as benchmarks/distillation.py, the
@@ -86,11 +87,17 @@ def main() -> None:
   parser.add_argument('--rounds', type=int, default=3,
                       help='timed steps per point, after one untimed step')
   parser.add_argument('--json', help='default: benchmarks/results/sweep[-quick].json')
+  parser.add_argument('--bind', action='append', default=[],
+                      help="a gin binding for the run, e.g. "
+                      "'distillation.teacher_jit_compile = False' (repeatable)")
   args = parser.parse_args()
   # Every point makes its own tf.functions (new shapes): TensorFlow's
   # retracing warnings say nothing here.
   measure.tf.get_logger().setLevel('ERROR')
-  workload = workload_lib.QUICK if args.quick else workload_lib.DEFAULT
+  workload = dataclasses.replace(
+      workload_lib.QUICK if args.quick else workload_lib.DEFAULT,
+      bindings=tuple(args.bind))
+  settings = workload.settings
   batches = args.batches or ([8, 16] if args.quick else [8, 16, 32])
   resolutions = args.resolutions or ([32, 48] if args.quick else [64, 96, 128])
   machine = measure.machine()
@@ -98,7 +105,7 @@ def main() -> None:
   folder = tempfile.mkdtemp(prefix='fmx_sweep_')
   try:
     print(f'{workload.teacher} -> {workload.student}: full step, batch x '
-          'resolution', flush=True)
+          f'resolution{settings}', flush=True)
     workload_lib.prepare_data(folder, workload)
     points = sweep(workload, batches, resolutions, args.rounds, folder)
   finally:
@@ -108,7 +115,7 @@ def main() -> None:
         'achieved as a fraction of float32 2048^2 matmuls timed in the same '
         'rounds)')
   print(f'{workload.teacher}{workload.teacher_params} -> {workload.student}'
-        f'{workload.student_params or ""}; {machine["cpu"]}, '
+        f'{workload.student_params or ""}{settings}; {machine["cpu"]}, '
         f'{machine["cores"]} cores, TensorFlow {machine["tensorflow"]}')
   print(format_table(points, batches, resolutions))
   path = args.json or os.path.join(

@@ -66,18 +66,22 @@ class Workload:
   bindings: Tuple[str, ...] = ()
 
   @property
-  def description(self) -> str:
-    def name(entry, params):
-      values = ','.join(f'{k}={v}' for k, v in params.items())
-      return f'{entry}({values})' if values else entry
+  def settings(self) -> str:
+    """The gin settings beyond models and shapes, each after '; '."""
     # As in gin_lines: the workload's setting, then the bindings, which win.
     overridden = any('teacher_jit_compile' in b for b in self.bindings)
     bindings = (('distillation.teacher_jit_compile = True',)
                 if self.teacher_jit_compile and not overridden else ()) + self.bindings
-    bound = ''.join(f'; {binding}' for binding in bindings)
+    return ''.join(f'; {binding}' for binding in bindings)
+
+  @property
+  def description(self) -> str:
+    def name(entry, params):
+      values = ','.join(f'{k}={v}' for k, v in params.items())
+      return f'{entry}({values})' if values else entry
     return (f'{name(self.teacher, self.teacher_params)} -> '
             f'{name(self.student, self.student_params)}, '
-            f'{self.image_size} px, batch {self.batch_size}{bound}')
+            f'{self.image_size} px, batch {self.batch_size}{self.settings}')
 
 
 DEFAULT = Workload(

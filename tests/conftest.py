@@ -86,6 +86,7 @@ def _fresh_gin():
   gin.clear_config()
   yield
   gin.clear_config()
+  tf_keras.backend.clear_session()
 
 
 @pytest.fixture(scope='session')

@@ -173,7 +173,10 @@ print(json.dumps({'saved_model': from_saved_model.tolist(),
                   'modules': sorted(m for m in sys.modules
                                     if m.split('.')[0] in ('fmx', 'tf_keras'))}))
 '''
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  # A serving machine's environment: no PYTHONPATH, and not the
+  # TF_USE_LEGACY_KERAS that `fmx` sets for itself (and its children).
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('PYTHONPATH', 'TF_USE_LEGACY_KERAS')}
   # -I: isolated mode, neither the current folder nor PYTHONPATH on sys.path.
   done = subprocess.run(
       [sys.executable, '-I', '-c', script, saved_model, exports['paths']['none'],

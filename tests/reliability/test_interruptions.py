@@ -1,7 +1,7 @@
 """Killed, preempted and repeated runs end with the same student, bit for bit.
 
 Each run here is a real `fmx run` process on the embedded data (deterministic
-mode), distilling a tiny student for 320 steps with a checkpoint every 20:
+mode), distilling a tiny student for 160 steps with a checkpoint every 20:
 - the same config twice gives identical weights and metrics;
 - SIGKILL at two different points, then a rerun, ends with exactly the
   weights of an uninterrupted run (data position and every random draw are
@@ -25,9 +25,9 @@ import tensorflow as tf
 from conftest import tiny_student_gin, write
 from fmx.errors import Preempted
 
-STEPS = 320  # 20 epochs of 256 images at batch 16
+STEPS = 160  # 10 epochs of 256 images at batch 16
 EXTRA = """
-Training.epochs = 20
+Training.epochs = 10
 Training.checkpoint_every_steps = 20
 Training.checkpoints_to_keep = 3
 """
@@ -112,7 +112,7 @@ def test_deterministic_mode_repeats_a_run_exactly(reference, trained_teacher, tm
 def test_two_sigkills_then_resume_end_with_the_uninterrupted_weights(
     reference, trained_teacher, tmp_path):
   gin_file, model_dir = _gin(tmp_path, trained_teacher[0], 'killed')
-  for kill, step in enumerate((60, 200)):
+  for kill, step in enumerate((40, 100)):
     code, _, _ = _run_until(gin_file, model_dir, step, signal.SIGKILL, seed=kill)
     assert code == -signal.SIGKILL
     assert not os.path.exists(os.path.join(model_dir, 'results.json'))
@@ -126,13 +126,13 @@ def test_two_sigkills_then_resume_end_with_the_uninterrupted_weights(
 def test_sigterm_saves_at_a_step_boundary_exits_75_and_resumes(
     reference, trained_teacher, tmp_path):
   gin_file, model_dir = _gin(tmp_path, trained_teacher[0], 'preempted')
-  code, _, err = _run_until(gin_file, model_dir, 100, signal.SIGTERM, seed=2)
+  code, _, err = _run_until(gin_file, model_dir, 60, signal.SIGTERM, seed=2)
   assert code == Preempted.exit_code == 75, err
   assert 'Traceback' not in err
   message = [line for line in err.splitlines() if line.startswith('fmx: preempted:')]
   assert len(message) == 1 and 'Rerun the same command' in message[0]
   saved = _latest_step(model_dir)
   assert f'checkpoint at step {saved} ' in message[0]
-  assert 100 <= saved < STEPS
+  assert 60 <= saved < STEPS
   _finish(gin_file)
   _assert_same_weights(reference, model_dir)
