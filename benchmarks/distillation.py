@@ -264,14 +264,8 @@ def main() -> None:
   print(format_table(summary, results, workload, machine))
   path = args.json or os.path.join(
       RESULTS, 'distillation-quick.json' if args.quick else 'distillation.json')
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump({'workload': workload.__dict__, 'machine': machine,
-               'summary': summary, 'phases': results,
-               'total_seconds': time.perf_counter() - start,
-               'date': time.strftime('%Y-%m-%d %H:%M:%S')},
-              f, indent=2, sort_keys=True, default=str)
-  print(f'\n{time.perf_counter() - start:.0f} s in all; wrote {path}')
+  measure.write_results(path, workload, machine, start, summary=summary,
+                        phases=results)
 
 
 if __name__ == '__main__':

@@ -176,3 +176,16 @@ def machine() -> dict:
           'tensorflow': tf.__version__, 'tf_keras': tf_keras.__version__,
           'python': platform.python_version(),
           'load_average': [round(x, 2) for x in os.getloadavg()]}
+
+
+def write_results(path: str, workload, machine_facts: dict, start: float,
+                  **figures) -> None:
+  """Writes a benchmark's JSON (workload, machine, figures, time) and says so."""
+  import json  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump({'workload': workload.__dict__, 'machine': machine_facts,
+               **figures, 'total_seconds': time.perf_counter() - start,
+               'date': time.strftime('%Y-%m-%d %H:%M:%S')},
+              f, indent=2, sort_keys=True, default=str)
+  print(f'\n{time.perf_counter() - start:.0f} s in all; wrote {path}')

@@ -17,7 +17,6 @@ benchmarks/results/sweep.json).
 
 import argparse
 import dataclasses
-import json
 import os
 import tempfile
 import shutil
@@ -120,14 +119,7 @@ def main() -> None:
   print(format_table(points, batches, resolutions))
   path = args.json or os.path.join(
       RESULTS, 'sweep-quick.json' if args.quick else 'sweep.json')
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump({'workload': workload.__dict__, 'machine': machine,
-               'points': points,
-               'total_seconds': time.perf_counter() - start,
-               'date': time.strftime('%Y-%m-%d %H:%M:%S')},
-              f, indent=2, sort_keys=True, default=str)
-  print(f'\n{time.perf_counter() - start:.0f} s in all; wrote {path}')
+  measure.write_results(path, workload, machine, start, points=points)
 
 
 if __name__ == '__main__':
