@@ -26,8 +26,10 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/fmx run --gin experiments/demo.gin
 
+# Two pytest workers, one test file each at a time: a single pytest process
+# kept only about one of the two cores busy (TF's small ops leave gaps).
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The same suite under Bazel 4.2.3 (Debian's bazel-bootstrap), offline, on
 # this venv's Python (README, "Bazel"). ~30 min on 2 cores; not run by CI.
