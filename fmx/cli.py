@@ -5,7 +5,7 @@
   grid, compare  ablation grids and their comparison; tensorboard
   inspect-data   one augmented batch as a PNG, with statistics
   export, report ship the student (SavedModel/TFLite) and measure it
-  list           registry entries
+  list, describe registry entries and settings; one's parameters, types, defaults
 
 A user's mistake ends as one paragraph on stderr and exit code 2; a stack
 trace is only shown for fmx's own bugs (or with --traceback). Other exit
@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
       prog='fmx', description='Knowledge distillation by function matching.')
   parser.add_argument('--traceback', action='store_true',
                       help='show Python stack traces for every error')
+  from fmx import __version__  # pylint: disable=g-import-not-at-top
+  parser.add_argument('--version', action='version',
+                      version=f'%(prog)s {__version__}')
   commands = parser.add_subparsers(dest='command', required=True)
 
   run = commands.add_parser('run', help='train a teacher or distil a student')
@@ -128,24 +131,52 @@ def _parser() -> argparse.ArgumentParser:
                       '%(default)s)')
   report.add_argument('--out', help='JSON to write (default: MODEL_DIR/report.json)')
 
-  listing = commands.add_parser('list', help='list registry entries')
+  listing = commands.add_parser(
+      'list', help='list registry entries and settings, or describe one')
   listing.add_argument('kind', nargs='?', help='datasets, backbones, '
-                       'augmentations, losses or tasks (default: all)')
+                       'augmentations, losses, tasks or settings (default: all)')
+  listing.add_argument('name', nargs='?', help="an entry of KIND: print its "
+                       'parameters, as `fmx describe NAME` does')
+
+  describe = commands.add_parser(
+      'describe', help="a setting's or registry entry's parameters, with "
+      'types, defaults and what each does')
+  describe.add_argument('name', help="e.g. Training, Data, image_folder, kl, "
+                        'distillation')
   return parser
 
 
 def _list(args) -> None:
   kind = args.kind
-  from fmx import registry  # pylint: disable=g-import-not-at-top
+  from fmx import configurables, registry  # pylint: disable=g-import-not-at-top
   from fmx.errors import UserError  # pylint: disable=g-import-not-at-top
   registry.load_all_entries()
-  if kind and kind not in registry.ALL:
-    raise UserError(f'unknown registry kind {kind!r}; use one of '
-                    f'{", ".join(registry.ALL)}.')
-  for name in [kind] if kind else registry.ALL:
+  kinds = list(registry.ALL) + ['settings']
+  if kind and kind not in kinds:
+    raise UserError(f'unknown kind {kind!r}{configurables.did_you_mean(kind, kinds)} '
+                    f'Use one of {", ".join(kinds)}.')
+  if args.name:
+    if kind != 'settings':
+      registry.ALL[kind].get(args.name)  # an unknown name: the closest match
+    print(configurables.describe(args.name))
+    return
+  for name in [kind] if kind else kinds:
     print(f'{name}:')
-    for entry, description in registry.ALL[name].describe():
+    if name == 'settings':
+      described = [(c.name, c.doc) for c in
+                   configurables.all_configurables().values()
+                   if c.kind == 'settings']
+    else:
+      described = registry.ALL[name].describe()
+    for entry, description in described:
       print(f'  {entry:<22} {description}')
+  if not args.kind:
+    print('`fmx describe NAME` shows the parameters of any of them.')
+
+
+def _describe(args) -> None:
+  from fmx import configurables  # pylint: disable=g-import-not-at-top
+  print(configurables.describe(args.name))
 
 
 def _stop_on_sigterm() -> None:
@@ -253,7 +284,8 @@ def _report(args) -> None:
   print(f'written to {results["written_to"]}')
 
 
-COMMANDS = {'run': _run, 'eval': _eval, 'list': _list, 'grid': _grid,
+COMMANDS = {'run': _run, 'eval': _eval, 'list': _list, 'describe': _describe,
+            'grid': _grid,
             'compare': _compare, 'tensorboard': _tensorboard,
             'inspect-data': _inspect_data, 'export': _export,
             'report': _report}

@@ -52,6 +52,31 @@ def prepare(model_dir: str) -> None:
 
 
 @contextlib.contextmanager
+def removed_if_left_empty(model_dir: str):
+  """A run folder this start created is removed if it fails with it empty.
+
+  A failed start (a model that does not build, a config refused) would
+  otherwise leave an empty folder that looks like a run. Anything written
+  in it (a checkpoint, a config) keeps it.
+  """
+  existed = tf.io.gfile.exists(model_dir)
+  try:
+    yield
+  except BaseException:
+    if not existed and _holds_no_file(model_dir):
+      tf.io.gfile.rmtree(model_dir)
+    raise
+
+
+def _holds_no_file(folder: str) -> bool:
+  try:
+    return tf.io.gfile.isdir(folder) and not any(
+        names for _, _, names in tf.io.gfile.walk(folder))
+  except tf.errors.OpError:
+    return False
+
+
+@contextlib.contextmanager
 def disk_errors_as_user_errors(model_dir: str):
   """A full or read-only model_dir met while training ends as a UserError.
 
