@@ -153,7 +153,8 @@ def _list(args) -> None:
   registry.load_all_entries()
   kinds = list(registry.ALL) + ['settings']
   if kind and kind not in kinds:
-    raise UserError(f'unknown kind {kind!r}{configurables.did_you_mean(kind, kinds)} '
+    raise UserError(f'unknown registry kind {kind!r}'
+                    f'{configurables.did_you_mean(kind, kinds)} '
                     f'Use one of {", ".join(kinds)}.')
   if args.name:
     if kind != 'settings':

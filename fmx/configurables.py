@@ -154,7 +154,7 @@ def did_you_mean(name: str, candidates) -> str:
 # --- Types -------------------------------------------------------------
 
 _NAMES = {int: ('an integer', 'integers'), float: ('a number', 'numbers'),
-          str: ('a string in quotes', 'strings'), bool: ('True or False', 'booleans')}
+          str: ('a string', 'strings'), bool: ('True or False', 'booleans')}
 
 
 def type_name(annotation, plural: bool = False) -> str:

@@ -73,8 +73,9 @@ def resolve(gin_file: str) -> str:
   for candidate in (gin_file, os.path.join(repo_root(), gin_file)):
     if os.path.isfile(candidate):
       return os.path.abspath(candidate)
+  folders = list(dict.fromkeys(os.path.realpath(f) for f in (os.getcwd(), repo_root())))
   raise UserError(f'gin file {gin_file!r} does not exist (looked in '
-                  f'{os.getcwd()} and {repo_root()}). Check the path.')
+                  f'{" and ".join(folders)}). Check the path.')
 
 
 def describe_gin_error(error: Exception) -> str:

@@ -40,7 +40,11 @@ METRICS = (('test', 'student_top1'), ('test', 'agreement'), ('test', 'top1'),
 
 @gin.configurable
 class Grid:
-  """Axes declared in a gin file: {'Data.mixup': ['mixup_roll', ...], ...}."""
+  """Axes declared in a gin file: {'Data.mixup': ['mixup_roll', ...], ...}.
+
+  Args:
+    axes: gin key -> the values the grid runs, one run per combination.
+  """
 
   def __init__(self, axes: Optional[Dict[str, Sequence]] = None):
     self.axes = dict(axes or {})

@@ -108,7 +108,12 @@ def _decoded_bytes(paths: List[str], channels: int):
 @DATASETS.register(denylist=('split', 'skip_corrupt'))
 def image_folder(split: str, root: str = gin.REQUIRED, channels: int = 3,
                  skip_corrupt: bool = False) -> Source:
-  """Images in one subfolder per class (JPEG/PNG); classes in sorted order."""
+  """Images in one subfolder per class (JPEG/PNG); classes in sorted order.
+
+  Args:
+    root: folder of class subfolders; may contain {split}, e.g. '/data/pets/{split}'.
+    channels: 3 (RGB) or 1 (grayscale): images are decoded to this many.
+  """
   key = 'image_folder.root'
   folder = _split_root(root, split, key)
   classes = _class_names(root, folder)
@@ -136,7 +141,13 @@ def image_folder(split: str, root: str = gin.REQUIRED, channels: int = 3,
 def unlabeled_image_folder(split: str, root: str = gin.REQUIRED,
                            num_classes: int = gin.REQUIRED, channels: int = 3,
                            skip_corrupt: bool = False) -> Source:
-  """Every image under a folder (JPEG/PNG), label -1: for distillation."""
+  """Every image under a folder (JPEG/PNG), label -1: for distillation.
+
+  Args:
+    root: folder of images, at any depth; may contain {split}.
+    num_classes: the teacher's number of classes.
+    channels: 3 (RGB) or 1 (grayscale): images are decoded to this many.
+  """
   key = 'unlabeled_image_folder.root'
   folder = _split_root(root, split, key)
   paths = _stable_order(_images_under(folder), folder)

@@ -202,7 +202,15 @@ def tfrecords(split: str, file_pattern: str = gin.REQUIRED,
               num_classes: int = gin.REQUIRED, channels: int = 3,
               image_key: str = 'image', label_key: str = 'class',
               skip_corrupt: bool = False) -> Source:
-  """TFRecords of encoded images + int64 labels, e.g. the original's files."""
+  """TFRecords of encoded images + int64 labels, e.g. the original's files.
+
+  Args:
+    file_pattern: glob of the files; may contain {split}, e.g. '/data/{split}/*.tfrec'.
+    num_classes: labels run from 0 to num_classes - 1.
+    channels: 3 (RGB) or 1 (grayscale): images are decoded to this many.
+    image_key: feature holding the encoded (JPEG/PNG) image.
+    label_key: int64 feature holding the class.
+  """
   paths = files.glob(file_pattern, split, f'{_KEY}.file_pattern')
   stats = _count(paths, label_key)
   _check(paths, stats, split, num_classes, label_key, skip_corrupt)
