@@ -1,7 +1,8 @@
 """The `fmx` command line.
 
   run            train a teacher or distil a student (resumes; --dry_run)
-  eval           evaluate a run's latest checkpoint on a split
+  eval           evaluate a run's latest (or --checkpoint) checkpoint on a split
+  predict        top-k classes, by name, of image files (a run or an export)
   grid, compare  ablation grids and their comparison; tensorboard
   inspect-data   one augmented batch as a PNG, with statistics
   export, report ship the student (SavedModel/TFLite) and measure it
@@ -65,6 +66,19 @@ def _parser() -> argparse.ArgumentParser:
   evaluate.add_argument('--model_dir', required=True, help='the run folder')
   evaluate.add_argument('--split', help="split of the run's eval dataset, e.g. "
                         "'test' or 'train[90%%:]' (default: its test split)")
+  evaluate.add_argument('--checkpoint', metavar='PATH|STEP',
+                        help='a checkpoint of the run, by path or step '
+                        '(default: the latest)')
+
+  predict = commands.add_parser(
+      'predict', help='the top classes, by name, of image files or folders')
+  predict.add_argument('--model_dir', required=True,
+                       help='a run folder, a SavedModel export or a .tflite file')
+  predict.add_argument('images', nargs='+', help='image files or folders of them')
+  predict.add_argument('--top_k', type=int, default=5,
+                       help='classes shown per image (default: %(default)s)')
+  predict.add_argument('--checkpoint', metavar='PATH|STEP',
+                       help="a run folder's checkpoint (default: the latest)")
 
   grid = commands.add_parser('grid', help='run the cartesian product of gin values')
   grid.add_argument('--gin', action='append', required=True, metavar='FILE',
@@ -118,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
                       'MODEL_DIR/export/model_<weights>.tflite)')
   export.add_argument('--overwrite', action='store_true',
                       help='replace --out if it exists')
+  export.add_argument('--checkpoint', metavar='PATH|STEP',
+                      help='export this checkpoint, by path or step, even of '
+                      'an unfinished run (default: the finished run\'s latest)')
 
   report = commands.add_parser(
       'report', help='size, accuracy and CPU latency of teacher, student '
@@ -221,7 +238,7 @@ def _eval(args) -> None:
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   from fmx.training import evaluate, run  # pylint: disable=g-import-not-at-top
-  results = evaluate.evaluate_run(args.model_dir, args.split)
+  results = evaluate.evaluate_run(args.model_dir, args.split, args.checkpoint)
   print(run.format_results(results))
   print(f'written to {results["written_to"]}')
 
@@ -269,10 +286,20 @@ def _export(args) -> None:
   logging.set_verbosity(logging.WARNING)
   from fmx import export  # pylint: disable=g-import-not-at-top
   path = export.export_run(args.model_dir, args.format, args.quantize, args.out,
-                           args.overwrite, args.input_size)
+                           args.overwrite, args.input_size, args.checkpoint)
+  names = ', class_names' if args.format == 'saved_model' else ''
   print(f'wrote {path} ({export.file_size(path):,} bytes): serving_default('
-        'images: uint8 [batch, height, width, channels]) -> logits, probabilities')
+        'images: uint8 [batch, height, width, channels]) -> logits, '
+        f'probabilities{names}')
   print(f'compare with: fmx report --model_dir {args.model_dir}')
+
+
+def _predict(args) -> None:
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  from fmx import predict  # pylint: disable=g-import-not-at-top
+  print(predict.format_predictions(predict.predict(
+      args.model_dir, args.images, args.top_k, args.checkpoint)))
 
 
 def _report(args) -> None:
@@ -289,6 +316,7 @@ COMMANDS = {'run': _run, 'eval': _eval, 'list': _list, 'describe': _describe,
             'grid': _grid,
             'compare': _compare, 'tensorboard': _tensorboard,
             'inspect-data': _inspect_data, 'export': _export,
+            'predict': _predict,
             'report': _report}
 
 

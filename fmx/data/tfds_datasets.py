@@ -113,7 +113,8 @@ def tfds(split: str, name: str = 'oxford_iiit_pet',
   return Source(name=f'{name}:{split}', dataset=dataset,
                 num_examples=num_examples,
                 num_classes=info.features['label'].num_classes,
-                channels=info.features['image'].shape[-1] or 3)
+                channels=info.features['image'].shape[-1] or 3,
+                class_names=tuple(info.features['label'].names))
 
 
 @DATASETS.register(denylist=('split',))

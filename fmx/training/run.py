@@ -22,6 +22,7 @@ from official.core import config_definitions as cfg
 from official.core import train_utils
 
 from fmx import gin_config
+from fmx import labels
 from fmx.data import decoding
 from fmx.errors import UserError
 from fmx.registry import TASKS
@@ -215,10 +216,11 @@ def _train_and_evaluate(setup: Setup, role: cluster.Role,
     if role.is_chief:
       run_dir.check_config(model_dir, config, allow_config_change,
                            setup.resolved)
+      labels.announce(task, model_dir)
   bar = progress.ProgressBar(setup.train_steps,
                              params.task.train_data.global_batch_size,
                              os.path.join(role.write_dir, 'train'),
-                             description=f'{task_name} {os.path.basename(model_dir)}')
+                             description=progress.bar_label(task_name, model_dir))
   training = Training()
   runner = None
   rollback = recovery.rollback_action(

@@ -249,7 +249,7 @@ def restorable_step(model_dir: str) -> int:
       break
     corrupt.append((paths.pop(), problem))
   if not corrupt:
-    return _step(paths[-1])
+    return checkpoint_step(paths[-1])
   folder = os.path.join(model_dir, CORRUPT_FOLDER)
   tf.io.gfile.makedirs(folder)
   for prefix, problem in corrupt:
@@ -268,10 +268,11 @@ def restorable_step(model_dir: str) -> int:
         f'{os.path.join(model_dir, "checkpoint")} and rerun.')
   tf.compat.v1.train.update_checkpoint_state(
       model_dir, paths[-1], all_model_checkpoint_paths=paths)
-  return _step(paths[-1])
+  return checkpoint_step(paths[-1])
 
 
-def _step(prefix: str) -> int:
+def checkpoint_step(prefix: str) -> int:
+  """The global step a checkpoint was saved at."""
   return int(train_utils.read_global_step_from_checkpoint(prefix))
 
 
