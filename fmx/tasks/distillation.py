@@ -227,4 +227,5 @@ class DistillationTask(FmxTask):
 
   def results(self, eval_logs) -> dict:
     logs = to_float(eval_logs)
-    return {name: logs[name] for name in EVAL_METRICS}
+    return dict({name: logs[name] for name in EVAL_METRICS},
+                num_classes=self.num_classes)

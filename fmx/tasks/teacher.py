@@ -71,4 +71,5 @@ class TeacherTask(FmxTask):
 
   def results(self, eval_logs) -> dict:
     logs = to_float(eval_logs)
-    return {'top1': logs['top1'], 'loss': logs.get('validation_loss')}
+    return {'top1': logs['top1'], 'loss': logs.get('validation_loss'),
+            'num_classes': self.num_classes}

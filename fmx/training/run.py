@@ -364,7 +364,10 @@ def format_results(results: dict) -> str:
     ratio = results['teacher_params'] / max(1, results['student_params'])
     rows = [('', 'teacher', 'student'),
             ('test top-1', f'{results["teacher_top1"]:.2%}', f'{results["student_top1"]:.2%}'),
-            ('test top-5', f'{results["teacher_top5"]:.2%}', f'{results["student_top5"]:.2%}'),
+            # Top-5 of 5 classes or fewer is 100% by definition.
+            *([('test top-5', f'{results["teacher_top5"]:.2%}',
+                f'{results["student_top5"]:.2%}')]
+              if results.get('num_classes', 6) > 5 else []),
             ('parameters', f'{results["teacher_params"]:,}', f'{results["student_params"]:,}'),
             ('agreement', '', f'{results["agreement"]:.2%}'),
             ('KL(teacher||student)', '', f'{results["kl"]:.4f}'),
