@@ -37,8 +37,10 @@ leaves nothing behind and an existing export is replaced only with
 `overwrite`.
 """
 
+import contextlib
 import dataclasses
 import os
+import sys
 import tempfile
 from typing import Callable, Iterator, List, Optional
 
@@ -193,7 +195,33 @@ def tflite_model(servable: Servable, quantize: str = 'none',
     # Int8 kernels only: conversion fails rather than silently leaving an op
     # in float. The uint8 input is cast and quantised inside.
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-  return converter.convert()
+  with native_stderr_kept_on_failure():
+    return converter.convert()
+
+
+@contextlib.contextmanager
+def native_stderr_kept_on_failure():
+  """Holds back what C++ code writes to stderr; shown only if the block fails.
+
+  The TFLite converter logs through absl's C++ logging ('W0000 ... Ignored
+  output_format', 'fully_quantize: 0, ...'), which TF_CPP_MIN_LOG_LEVEL does
+  not reach and which means nothing to a user. A failed conversion raises
+  with its own message; its log lines then follow on stderr as before.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as held:
+    os.dup2(held.fileno(), 2)
+    try:
+      yield
+    except BaseException:
+      os.dup2(saved, 2)
+      held.seek(0)
+      sys.stderr.write(held.read().decode(errors='replace'))
+      raise
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
 
 
 def default_path(model_dir: str, export_format: str, quantize: str = 'none',

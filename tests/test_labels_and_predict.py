@@ -170,3 +170,31 @@ def test_skipped_corrupt_image_is_reported_on_its_own_line(tmp_path, capfd):
                                         skip_corrupt=True)
   list(source.dataset)
   assert '\nfmx: skipping 1 corrupt image(s)' in capfd.readouterr().err
+
+
+def test_native_stderr_is_held_back_unless_the_block_fails(capfd):
+  from fmx import export  # pylint: disable=g-import-not-at-top
+  with export.native_stderr_kept_on_failure():
+    os.write(2, b'W0000 converter noise\n')
+  assert 'converter noise' not in capfd.readouterr().err
+  with pytest.raises(ValueError):
+    with export.native_stderr_kept_on_failure():
+      os.write(2, b'E0000 why it failed\n')
+      raise ValueError('conversion failed')
+  assert 'why it failed' in capfd.readouterr().err
+
+
+@pytest.mark.parametrize('train_steps, steps_per_loop, evals', [
+    (32, 28, 3),    # the demo at Training.epochs = 1
+    (101, 100, 5), (563, 28, 3), (8, 4, 1), (1000, 100, 5)])
+def test_no_evaluation_a_few_steps_after_another(train_steps, steps_per_loop, evals):
+  from fmx.training.settings import Training  # pylint: disable=g-import-not-at-top
+  training = Training(epochs=1, global_batch_size=1, steps_per_loop=steps_per_loop,
+                      evals=evals)
+  config = training.trainer_config(train_steps, optimizer=None)
+  interval = config.validation_interval
+  # Orbit's train_and_evaluate: an evaluation every `interval` steps and at the end.
+  steps = sorted(set(range(interval, train_steps, interval)) | {train_steps})
+  gaps = np.diff([0] + steps)
+  assert gaps.min() >= gaps.max() / 2, steps
+  assert config.steps_per_loop <= steps_per_loop and interval % config.steps_per_loop == 0

@@ -97,8 +97,11 @@ class Training:
   def trainer_config(self, train_steps: int,
                      optimizer: cfg.base_config.Config) -> cfg.TrainerConfig:
     # Orbit only checkpoints and summarises at loop boundaries, so every
-    # interval is a multiple of steps_per_loop.
-    loop = max(1, min(self.steps_per_loop, train_steps))
+    # interval is a multiple of steps_per_loop. Loops of equal length (at most
+    # steps_per_loop): otherwise a short run's last loop (e.g. 4 of 32 steps at
+    # steps_per_loop 28) would end in a second evaluation a few steps after one.
+    loops = math.ceil(train_steps / max(1, self.steps_per_loop))
+    loop = max(1, math.ceil(train_steps / max(1, loops)))
     # Rounded up, so the last interval ends at train_steps (no extra eval).
     eval_interval = loop * max(1, math.ceil(train_steps / max(1, self.evals) / loop))
     checkpoint_interval = (loop * max(1, math.ceil(self.checkpoint_every_steps / loop))
