@@ -114,9 +114,10 @@ def describe(stats: dict) -> str:
   """The lines `fmx inspect-data` prints."""
   images, n = stats['images'], stats['batch_size']
   lines = [f'batch: {n} images of {"x".join(map(str, stats["image_shape"]))} '
-           f'drawn from the {stats["num_examples"]:,} of {stats["source"]} '
-           f'(seed {stats["seed"]}, first batch, one input pipeline: MixUp '
-           f'runs per replica); the grid shows {min(n, MAX_SHOWN)} of them',
+           f'from {stats["source"]}, drawn from its {stats["num_examples"]:,} '
+           f'images (seed {stats["seed"]}, first batch, one input pipeline: '
+           f'MixUp runs per replica); the grid shows {min(n, MAX_SHOWN)} of '
+           f'the {n}',
            f'pixels: min {images.min():.3f}  mean {images.mean():.3f}  '
            f'max {images.max():.3f}',
            f'labels: {len(set(stats["labels"].tolist()))} distinct']

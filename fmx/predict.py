@@ -65,7 +65,9 @@ def _from_tflite(path: str) -> Tuple[Classifier, List[str], int]:
 
   def classify(image):
     image = tf.cast(tf.round(tf.image.resize(image, (height, width))), tf.uint8)
-    return serve(images=image.numpy()[np.newaxis])['probabilities'][0]
+    # Its C++ runtime announces its CPU delegate on stderr at the first call.
+    with export.native_stderr_kept_on_failure():
+      return serve(images=image.numpy()[np.newaxis])['probabilities'][0]
   # An export in MODEL_DIR/export/: the run folder's labels.
   names = labels.read(os.path.dirname(os.path.dirname(os.path.abspath(path))))
   return classify, names, int(channels)
@@ -74,24 +76,23 @@ def _from_tflite(path: str) -> Tuple[Classifier, List[str], int]:
 def load(model: str, checkpoint: Optional[str] = None
          ) -> Tuple[Classifier, List[str], int]:
   """(classify, class names, channels) of a run folder or an export."""
-  if model.endswith('.tflite'):
-    loaded = _from_tflite(model)
-  elif tf.io.gfile.exists(os.path.join(model, 'saved_model.pb')):
-    loaded = _from_saved_model(model)
-  else:
+  is_export = model.endswith('.tflite') or tf.io.gfile.exists(
+      os.path.join(model, 'saved_model.pb'))
+  if not is_export:
     return _from_run(model, checkpoint)
   if checkpoint is not None:
     raise UserError(f'--checkpoint applies to a run folder; {model!r} is an '
                     'export, which holds one set of weights.')
-  return loaded
+  return _from_tflite(model) if model.endswith('.tflite') else _from_saved_model(model)
 
 
 def predict(model: str, paths: Sequence[str], top_k: int = 5,
             checkpoint: Optional[str] = None) -> List[Tuple[str, List[Tuple[str, float]]]]:
   """[(image path, [(class name, probability), ...] best first)]."""
+  files = image_files(paths)  # before the (slow) model
   classify, names, channels = load(model, checkpoint)
   results = []
-  for path in image_files(paths):
+  for path in files:
     try:
       image = decoding.decode_image(tf.io.read_file(path), channels).numpy()
     except tf.errors.OpError as e:
