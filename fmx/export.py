@@ -47,13 +47,12 @@ from typing import Callable, Iterator, List, Optional
 import tensorflow as tf
 import tf_keras
 
-from fmx import labels
 from fmx.data.pipeline import Data
 from fmx.data.source import Source
 from fmx.errors import UserError
 from fmx.tasks import teacher_run
 from fmx.tasks.base import fit_to_model
-from fmx.training import evaluate, run_dir
+from fmx.training import evaluate, labels, run_dir
 
 FORMATS = ('saved_model', 'tflite')
 QUANTIZATIONS = ('none', 'dynamic', 'float16', 'int8')

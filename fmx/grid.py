@@ -39,7 +39,7 @@ TASK_METRICS = {'distillation': ('student_top1', 'teacher_top1', 'agreement', 'k
 METRIC_GROUPS = ('test', 'validation')
 
 
-def metrics(task: str):
+def logged_metrics(task: str):
   """(group, tag) of every metric a run of `task` logs, for HParams."""
   return [(group, tag) for group in METRIC_GROUPS
           for tag in TASK_METRICS.get(task, ())]
@@ -211,7 +211,7 @@ def write_hparams_config(root: str, axes: Dict[str, Sequence],
   hparams = [hp.HParam(key, hp.Discrete([_hparam_value(v) for v in values]))
              for key, values in axes.items()]
   metrics = [hp.Metric(tag, group=group, display_name=f'{group}/{tag}')
-             for group, tag in metrics(task)]
+             for group, tag in logged_metrics(task)]
   with tf.summary.create_file_writer(root).as_default():
     hp.hparams_config(hparams=hparams, metrics=metrics)
 

@@ -13,11 +13,11 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from fmx import export, labels
+from fmx import export
 from fmx.data import decoding
 from fmx.data.image_folder import IMAGE_EXTENSIONS
 from fmx.errors import UserError
-from fmx.training import evaluate
+from fmx.training import evaluate, labels
 
 # (probabilities [classes] of one uint8 [h, w, c] image)
 Classifier = Callable[[np.ndarray], np.ndarray]

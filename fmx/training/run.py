@@ -22,7 +22,6 @@ from official.core import config_definitions as cfg
 from official.core import train_utils
 
 from fmx import gin_config
-from fmx import labels
 from fmx.data import decoding
 from fmx.errors import UserError
 from fmx.registry import TASKS
@@ -31,6 +30,7 @@ from fmx.tasks.base import EVAL_SPLIT, TEST_SPLIT
 from fmx.training import cluster
 from fmx.training import dry_run as dry_run_lib
 from fmx.training import input_images
+from fmx.training import labels
 from fmx.training import preemption
 from fmx.training import progress
 from fmx.training import recovery
