@@ -64,15 +64,14 @@ def _kind(record) -> str:
 
 
 def _parameters(record) -> Tuple[Parameter, ...]:
+  """The parameters a config may set (not those the framework passes)."""
   function = record.wrapped
   target = function.__init__ if inspect.isclass(function) else function
   try:
-    hints = typing.get_type_hints(target)
+    hints = typing.get_type_hints(target)  # resolves string annotations
   except (NameError, TypeError):
     hints = {}
   docs = argument_docs(inspect.getdoc(function) or '')
-  if inspect.isclass(function):
-    docs = {**argument_docs(inspect.getdoc(function.__init__) or ''), **docs}
   hidden = set(record.denylist or ())
   parameters = []
   for parameter in inspect.signature(function).parameters.values():
@@ -92,7 +91,7 @@ def argument_docs(docstring: str) -> Dict[str, str]:
   """name -> first line of its entry in a Google-style `Args:` section."""
   docs, inside = {}, False
   for line in docstring.splitlines():
-    if line.strip() in ('Args:', 'Arguments:'):
+    if line.strip() == 'Args:':
       inside = True
       continue
     if inside and line.strip() and not line.startswith(' '):
