@@ -1,11 +1,12 @@
 """The `fmx` command line.
 
   run            train a teacher or distil a student (resumes; --dry_run)
-  eval           evaluate a run's latest checkpoint on a split
+  eval           evaluate a run's latest (or --checkpoint) checkpoint on a split
+  predict        top-k classes, by name, of image files (a run or an export)
   grid, compare  ablation grids and their comparison; tensorboard
   inspect-data   one augmented batch as a PNG, with statistics
   export, report ship the student (SavedModel/TFLite) and measure it
-  list           registry entries
+  list, describe registry entries and settings; one's parameters, types, defaults
 
 A user's mistake ends as one paragraph on stderr and exit code 2; a stack
 trace is only shown for fmx's own bugs (or with --traceback). Other exit
@@ -41,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
       prog='fmx', description='Knowledge distillation by function matching.')
   parser.add_argument('--traceback', action='store_true',
                       help='show Python stack traces for every error')
+  from fmx import __version__  # pylint: disable=g-import-not-at-top
+  parser.add_argument('--version', action='version',
+                      version=f'%(prog)s {__version__}')
   commands = parser.add_subparsers(dest='command', required=True)
 
   run = commands.add_parser('run', help='train a teacher or distil a student')
@@ -62,6 +66,19 @@ def _parser() -> argparse.ArgumentParser:
   evaluate.add_argument('--model_dir', required=True, help='the run folder')
   evaluate.add_argument('--split', help="split of the run's eval dataset, e.g. "
                         "'test' or 'train[90%%:]' (default: its test split)")
+  evaluate.add_argument('--checkpoint', metavar='PATH|STEP',
+                        help='a checkpoint of the run, by path or step '
+                        '(default: the latest)')
+
+  predict = commands.add_parser(
+      'predict', help='the top classes, by name, of image files or folders')
+  predict.add_argument('--model_dir', required=True,
+                       help='a run folder, a SavedModel export or a .tflite file')
+  predict.add_argument('images', nargs='+', help='image files or folders of them')
+  predict.add_argument('--top_k', type=int, default=5,
+                       help='classes shown per image (default: %(default)s)')
+  predict.add_argument('--checkpoint', metavar='PATH|STEP',
+                       help="a run folder's checkpoint (default: the latest)")
 
   grid = commands.add_parser('grid', help='run the cartesian product of gin values')
   grid.add_argument('--gin', action='append', required=True, metavar='FILE',
@@ -115,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
                       'MODEL_DIR/export/model_<weights>.tflite)')
   export.add_argument('--overwrite', action='store_true',
                       help='replace --out if it exists')
+  export.add_argument('--checkpoint', metavar='PATH|STEP',
+                      help='export this checkpoint, by path or step, even of '
+                      'an unfinished run (default: the finished run\'s latest)')
 
   report = commands.add_parser(
       'report', help='size, accuracy and CPU latency of teacher, student '
@@ -128,24 +148,53 @@ def _parser() -> argparse.ArgumentParser:
                       '%(default)s)')
   report.add_argument('--out', help='JSON to write (default: MODEL_DIR/report.json)')
 
-  listing = commands.add_parser('list', help='list registry entries')
+  listing = commands.add_parser(
+      'list', help='list registry entries and settings, or describe one')
   listing.add_argument('kind', nargs='?', help='datasets, backbones, '
-                       'augmentations, losses or tasks (default: all)')
+                       'augmentations, losses, tasks or settings (default: all)')
+  listing.add_argument('name', nargs='?', help="an entry of KIND: print its "
+                       'parameters, as `fmx describe NAME` does')
+
+  describe = commands.add_parser(
+      'describe', help="a setting's or registry entry's parameters, with "
+      'types, defaults and what each does')
+  describe.add_argument('name', help="e.g. Training, Data, image_folder, kl, "
+                        'distillation')
   return parser
 
 
 def _list(args) -> None:
   kind = args.kind
-  from fmx import registry  # pylint: disable=g-import-not-at-top
+  from fmx import configurables, registry  # pylint: disable=g-import-not-at-top
   from fmx.errors import UserError  # pylint: disable=g-import-not-at-top
   registry.load_all_entries()
-  if kind and kind not in registry.ALL:
-    raise UserError(f'unknown registry kind {kind!r}; use one of '
-                    f'{", ".join(registry.ALL)}.')
-  for name in [kind] if kind else registry.ALL:
+  kinds = list(registry.ALL) + ['settings']
+  if kind and kind not in kinds:
+    raise UserError(f'unknown registry kind {kind!r}'
+                    f'{configurables.did_you_mean(kind, kinds)} '
+                    f'Use one of {", ".join(kinds)}.')
+  if args.name:
+    if kind != 'settings':
+      registry.ALL[kind].get(args.name)  # an unknown name: the closest match
+    print(configurables.describe(args.name))
+    return
+  for name in [kind] if kind else kinds:
     print(f'{name}:')
-    for entry, description in registry.ALL[name].describe():
+    if name == 'settings':
+      described = [(c.name, c.doc) for c in
+                   configurables.all_configurables().values()
+                   if c.kind == 'settings']
+    else:
+      described = registry.ALL[name].describe()
+    for entry, description in described:
       print(f'  {entry:<22} {description}')
+  if not args.kind:
+    print('`fmx describe NAME` shows the parameters of any of them.')
+
+
+def _describe(args) -> None:
+  from fmx import configurables  # pylint: disable=g-import-not-at-top
+  print(configurables.describe(args.name))
 
 
 def _stop_on_sigterm() -> None:
@@ -189,7 +238,7 @@ def _eval(args) -> None:
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   from fmx.training import evaluate, run  # pylint: disable=g-import-not-at-top
-  results = evaluate.evaluate_run(args.model_dir, args.split)
+  results = evaluate.evaluate_run(args.model_dir, args.split, args.checkpoint)
   print(run.format_results(results))
   print(f'written to {results["written_to"]}')
 
@@ -237,10 +286,20 @@ def _export(args) -> None:
   logging.set_verbosity(logging.WARNING)
   from fmx import export  # pylint: disable=g-import-not-at-top
   path = export.export_run(args.model_dir, args.format, args.quantize, args.out,
-                           args.overwrite, args.input_size)
+                           args.overwrite, args.input_size, args.checkpoint)
+  names = ', class_names' if args.format == 'saved_model' else ''
   print(f'wrote {path} ({export.file_size(path):,} bytes): serving_default('
-        'images: uint8 [batch, height, width, channels]) -> logits, probabilities')
+        'images: uint8 [batch, height, width, channels]) -> logits, '
+        f'probabilities{names}')
   print(f'compare with: fmx report --model_dir {args.model_dir}')
+
+
+def _predict(args) -> None:
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  from fmx import predict  # pylint: disable=g-import-not-at-top
+  print(predict.format_predictions(predict.predict(
+      args.model_dir, args.images, args.top_k, args.checkpoint)))
 
 
 def _report(args) -> None:
@@ -253,9 +312,11 @@ def _report(args) -> None:
   print(f'written to {results["written_to"]}')
 
 
-COMMANDS = {'run': _run, 'eval': _eval, 'list': _list, 'grid': _grid,
+COMMANDS = {'run': _run, 'eval': _eval, 'list': _list, 'describe': _describe,
+            'grid': _grid,
             'compare': _compare, 'tensorboard': _tensorboard,
             'inspect-data': _inspect_data, 'export': _export,
+            'predict': _predict,
             'report': _report}
 
 

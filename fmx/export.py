@@ -7,7 +7,13 @@ preprocessing inside its one signature, so a caller feeds raw pixels:
 
     serving_default(images: uint8 [batch, height, width, channels])
         -> {'logits': float32 [batch, classes],
-            'probabilities': float32 [batch, classes]}
+            'probabilities': float32 [batch, classes],
+            'class_names': string [batch, classes]}   (SavedModel only)
+
+`class_names` repeats the run's labels.txt (label k's name at k) for each
+image, so a caller can name its top classes; the SavedModel also holds
+labels.txt as an asset (assets/labels.txt). TFLite outputs only numbers:
+its labels are the run folder's labels.txt.
 
 Inside, the eval pipeline's steps run on the batch: uint8 -> float in [0, 1],
 the run's Data.eval_augmentations (e.g. a central crop), a resize to
@@ -31,8 +37,11 @@ leaves nothing behind and an existing export is replaced only with
 `overwrite`.
 """
 
+import contextlib
 import dataclasses
 import os
+import sys
+import tempfile
 from typing import Callable, Iterator, List, Optional
 
 import tensorflow as tf
@@ -43,7 +52,7 @@ from fmx.data.source import Source
 from fmx.errors import UserError
 from fmx.tasks import teacher_run
 from fmx.tasks.base import fit_to_model
-from fmx.training import evaluate, run_dir
+from fmx.training import evaluate, labels, run_dir
 
 FORMATS = ('saved_model', 'tflite')
 QUANTIZATIONS = ('none', 'dynamic', 'float16', 'int8')
@@ -68,6 +77,7 @@ class Servable:
   channels: int
   train_source: Source  # calibration images for int8
   seed: int
+  class_names: List[str]  # label k's name at k
 
   @classmethod
   def from_run(cls, restored: evaluate.RestoredRun,
@@ -75,8 +85,10 @@ class Servable:
     """The run's model (a distillation run's student), or its teacher."""
     task = restored.setup.task
     model = task.teacher if teacher else restored.trainer.model
+    # labels.txt: the names the run announced (runs older than it: the data's).
+    names = labels.read(task.logging_dir) or labels.of_task(task)
     return cls(model, task.data, task.input_shape[-1], task.sources['train'],
-               task.training.seed)
+               task.training.seed, names)
 
   def preprocess(self, images):
     """uint8 [batch, h, w, c] -> the model's input, as Data's eval pipeline."""
@@ -91,16 +103,22 @@ class Servable:
     # training (fmx.tasks.base.fit_to_model).
     return fit_to_model(self.model, images * (high - low) + low)
 
-  def serving_function(self, input_size: Optional[int] = None):
+  def serving_function(self, input_size: Optional[int] = None,
+                       with_names: bool = False):
     """The signature's tf.function: any height and width unless input_size."""
     spec = tf.TensorSpec([None, input_size, input_size, self.channels],
                          tf.uint8, name='images')
+    names = tf.constant(self.class_names)
 
     @tf.function(input_signature=[spec])
     def serve(images):
       logits = tf.cast(self.model(self.preprocess(images), training=False),
                        tf.float32)
-      return {'logits': logits, 'probabilities': tf.nn.softmax(logits)}
+      outputs = {'logits': logits, 'probabilities': tf.nn.softmax(logits)}
+      if with_names:
+        outputs['class_names'] = tf.tile(names[tf.newaxis],
+                                         [tf.shape(logits)[0], 1])
+      return outputs
 
     try:
       serve.get_concrete_function()
@@ -113,7 +131,8 @@ class Servable:
           'do.') from None
     return serve
 
-  def module(self, input_size: Optional[int] = None) -> tf.Module:
+  def module(self, input_size: Optional[int] = None,
+             with_names: bool = False) -> tf.Module:
     """A tf.Module holding the serving function and the model's weights.
 
     Only the variables are tracked, not the Keras model: the export then holds
@@ -121,7 +140,7 @@ class Servable:
     """
     module = tf.Module()
     module.model_weights = list(self.model.weights)
-    module.serve = self.serving_function(input_size)
+    module.serve = self.serving_function(input_size, with_names)
     return module
 
   def representative_images(self, input_size: int,
@@ -146,10 +165,16 @@ class Servable:
 
 
 def save_saved_model(servable: Servable, path: str) -> None:
-  """Writes the servable as a SavedModel with one signature, serving_default."""
-  module = servable.module()
-  tf.saved_model.save(module, path, signatures={
-      SIGNATURE: module.serve.get_concrete_function()})
+  """Writes the servable as a SavedModel with one signature, serving_default,
+  and the class names as the asset labels.txt."""
+  module = servable.module(with_names=True)
+  # An asset keeps its file's name: written as labels.txt in a folder of its own.
+  with tempfile.TemporaryDirectory() as folder:
+    names_file = os.path.join(folder, labels.LABELS_FILE)
+    _write_bytes(names_file, ''.join(f'{n}\n' for n in servable.class_names).encode())
+    module.labels = tf.saved_model.Asset(names_file)
+    tf.saved_model.save(module, path, signatures={
+        SIGNATURE: module.serve.get_concrete_function()})
 
 
 def tflite_model(servable: Servable, quantize: str = 'none',
@@ -169,20 +194,52 @@ def tflite_model(servable: Servable, quantize: str = 'none',
     # Int8 kernels only: conversion fails rather than silently leaving an op
     # in float. The uint8 input is cast and quantised inside.
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-  return converter.convert()
+  with native_stderr_kept_on_failure():
+    return converter.convert()
 
 
-def default_path(model_dir: str, export_format: str, quantize: str = 'none') -> str:
-  """MODEL_DIR/export/saved_model or MODEL_DIR/export/model_<weights>.tflite."""
+@contextlib.contextmanager
+def native_stderr_kept_on_failure():
+  """Holds back what C++ code writes to stderr; shown only if the block fails.
+
+  The TFLite converter logs through absl's C++ logging ('W0000 ... Ignored
+  output_format', 'fully_quantize: 0, ...'), which TF_CPP_MIN_LOG_LEVEL does
+  not reach and which means nothing to a user. A failed conversion raises
+  with its own message; its log lines then follow on stderr as before.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as held:
+    os.dup2(held.fileno(), 2)
+    try:
+      yield
+    except BaseException:
+      os.dup2(saved, 2)
+      held.seek(0)
+      sys.stderr.write(held.read().decode(errors='replace'))
+      raise
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
+def default_path(model_dir: str, export_format: str, quantize: str = 'none',
+                 step: Optional[int] = None) -> str:
+  """MODEL_DIR/export/saved_model or MODEL_DIR/export/model_<weights>.tflite;
+  an export of an earlier checkpoint than the last ends in _step<N>."""
+  suffix = f'_step{step}' if step is not None else ''
   if export_format == 'saved_model':
-    name = 'saved_model'
+    name = f'saved_model{suffix}'
   else:
-    name = f'model_{"float32" if quantize == "none" else quantize}.tflite'
+    name = f'model_{"float32" if quantize == "none" else quantize}{suffix}.tflite'
   return os.path.join(model_dir, EXPORT_FOLDER, name)
 
 
 def check_finished(model_dir: str) -> None:
-  """UserError unless model_dir is an fmx run that finished training."""
+  """UserError unless model_dir is an fmx run that finished training.
+
+  (An unfinished run's checkpoints are exported with --checkpoint.)
+  """
   if not tf.io.gfile.exists(os.path.join(model_dir, run_dir.OPERATIVE_CONFIG)):
     raise UserError(f'{model_dir!r} is not an fmx run folder (no '
                     f'{run_dir.OPERATIVE_CONFIG}); pass the --model_dir of a run.')
@@ -191,14 +248,19 @@ def check_finished(model_dir: str) -> None:
         f'run {model_dir!r} has no finished checkpoint: it has no '
         f'{teacher_run.RESULTS_FILE}, which `fmx run` writes after its last '
         'checkpoint. Finish the run first (rerunning its `fmx run` command '
-        'resumes from the latest checkpoint), then export it. Nothing was '
-        'written.')
+        'resumes from the latest checkpoint), or export one of its '
+        'checkpoints with --checkpoint STEP. Nothing was written.')
 
 
 def export_run(model_dir: str, export_format: str, quantize: str = 'none',
                out: Optional[str] = None, overwrite: bool = False,
-               input_size: Optional[int] = None) -> str:
-  """Exports model_dir's model; returns the path written."""
+               input_size: Optional[int] = None,
+               checkpoint: Optional[str] = None) -> str:
+  """Exports model_dir's model; returns the path written.
+
+  `checkpoint` (a path or a step) exports that checkpoint, of a finished run
+  or not; by default the run must be finished and its latest is exported.
+  """
   if export_format not in FORMATS:
     raise UserError(f'--format {export_format!r}; use one of {list(FORMATS)}.')
   if quantize not in QUANTIZATIONS:
@@ -208,12 +270,18 @@ def export_run(model_dir: str, export_format: str, quantize: str = 'none',
                     'SavedModel keeps float32 weights and takes any image size.')
   if input_size is not None and input_size <= 0:
     raise UserError(f'--input_size {input_size} must be a positive number of pixels.')
-  check_finished(model_dir)
+  step = None
+  if checkpoint is None:
+    check_finished(model_dir)
+  else:
+    checkpoint = evaluate.find_checkpoint(model_dir, checkpoint)
+    step = run_dir.checkpoint_step(checkpoint)
   out = (out.rstrip('/') if out else None) or default_path(
-      model_dir, export_format, quantize)
+      model_dir, export_format, quantize, step)
   # Before the (slow) rebuild, so a mistake costs nothing.
   check_destination(out, overwrite)
-  servable = Servable.from_run(evaluate.restore_run(model_dir, EXPORT_BINDINGS))
+  servable = Servable.from_run(evaluate.restore_run(model_dir, EXPORT_BINDINGS,
+                                                    checkpoint))
   if export_format == 'saved_model':
     write_atomically(out, lambda tmp: save_saved_model(servable, tmp))
   else:

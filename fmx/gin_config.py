@@ -1,8 +1,9 @@
 """Parsing gin files, and turning gin's exceptions into one-paragraph errors.
 
 A user's gin mistake (syntax, unknown configurable or parameter, missing
-include, missing required value, unknown registry name) becomes a UserError
-that names the file and line, so `fmx` can print it without a stack trace.
+include, missing required value, unknown registry name, a value of the wrong
+type) becomes a UserError that names the file and line (or the --bind), so
+`fmx` can print it without a stack trace.
 """
 
 import logging
@@ -12,14 +13,17 @@ from typing import List, Optional, Sequence, Tuple
 
 import gin
 
+from fmx import configurables
 from fmx import registry
 from fmx.errors import UserError
 
-# gin appends the location of a bad binding as `In file "f.gin", line 3`.
-_LOCATION = re.compile(r'In (?:file|bindings string) "?([^",]*)"?, line (\d+)')
+# gin appends the location of a bad binding as `In file "f.gin", line 3` or
+# `In bindings string line 2` (the --bind values, parsed as one string).
+_LOCATION = re.compile(r'In (?:file "?([^",]*)"?|(bindings string)),? line (\d+)')
 _INCLUDE = re.compile(r"""^\s*include\s+['"]([^'"]+)['"]""")
 
 _parsed_files: List[str] = []
+_parsed_bindings: List[str] = []
 
 
 def repo_root() -> str:
@@ -35,6 +39,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
   for path in {os.getcwd(), repo_root()} | {os.path.dirname(f) for f in gin_files}:
     gin.add_config_file_search_path(path)
   _parsed_files[:] = _with_includes(gin_files)
+  _parsed_bindings[:] = bindings
   root_logger = logging.getLogger()
   level = root_logger.level
   # gin logs an ERROR for every search path an include is not found in before
@@ -50,13 +55,17 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
     gin.parse_config_files_and_bindings(
         list(gin_files), list(bindings), finalize_config=False)
   except SyntaxError as e:
-    raise UserError(f'gin syntax error in {e.filename}, line {e.lineno}: '
-                    f'{e.msg}. The line reads: {(e.text or "").strip()!r}.') from None
+    where = (f'{e.filename}, line {e.lineno}' if e.filename and os.path.isfile(
+        e.filename) else _binding_at(e.lineno) or 'a --bind')
+    raise UserError(f'gin syntax error in {where}: {e.msg.rstrip(".")}. The '
+                    f'line reads: {(e.text or "").strip()!r}.') from None
   except (ValueError, IOError, KeyError) as e:
     raise UserError(describe_gin_error(e)) from None
   finally:
     os.chdir(cwd)
     root_logger.setLevel(level)
+  # Before anything is built: a wrong type would fail deep inside TF.
+  configurables.check_bound_values(where_set)
 
 
 def resolve(gin_file: str) -> str:
@@ -64,26 +73,66 @@ def resolve(gin_file: str) -> str:
   for candidate in (gin_file, os.path.join(repo_root(), gin_file)):
     if os.path.isfile(candidate):
       return os.path.abspath(candidate)
+  folders = list(dict.fromkeys(os.path.realpath(f) for f in (os.getcwd(), repo_root())))
   raise UserError(f'gin file {gin_file!r} does not exist (looked in '
-                  f'{os.getcwd()} and {repo_root()}). Check the path.')
+                  f'{" and ".join(folders)}). Check the path.')
 
 
 def describe_gin_error(error: Exception) -> str:
   """One paragraph for a gin parse error, with the file and line it names."""
   text = ' '.join(str(error).split())
   location = _LOCATION.search(text)
-  where = f'{location[1]}, line {location[2]}' if location else 'the gin config'
-  message = _LOCATION.sub('', text).strip().rstrip('.')
-  if 'No configurable matching' in message:
-    advice = ('Check the spelling; `fmx list` shows every registry entry, and '
-              'a configurable exists only once its module is imported')
-  elif "doesn't have a parameter" in message:
-    advice = 'Check the parameter name against the function it configures'
-  elif 'Unable to open file' in message:
+  where = 'the gin config'
+  if location and location[2]:
+    where = _binding_at(int(location[3])) or 'a --bind'
+  elif location:
+    where = f'{location[1]}, line {location[3]}'
+  # gin quotes the binding after the location: the message says enough.
+  message = re.sub(r'\s*In (?:file|bindings string).*$', '', text).strip().rstrip('.')
+  unknown = re.search(r"No configurable matching '([^']+)'", message)
+  parameter = re.search(r"Configurable '([^']+)' doesn't have a parameter "
+                        r"named '([^']+)'", message)
+  if unknown:
+    return f'error in {where}: {configurables.unknown_configurable_message(unknown[1])}'
+  if parameter:
+    return (f'error in {where}: '
+            f'{configurables.unknown_parameter_message(*parameter.groups())}')
+  if 'Unable to open file' in message:
     advice = 'Check the include path; it is resolved from the current folder and the fmx checkout'
   else:
     advice = 'Fix the binding'
   return f'gin error in {where}: {message}. {advice}.'
+
+
+def _binding_at(line: Optional[int]) -> Optional[str]:
+  """"--bind '...'" for a line of the bindings gin parsed as one string."""
+  if not line:
+    return None
+  end = 0
+  for binding in _parsed_bindings:
+    end += binding.count('\n') + 1
+    if line <= end:
+      return f'--bind {binding!r}'
+  return None
+
+
+def where_set(key: str) -> str:
+  """The --bind or 'file, line N' that last set `key` ('scope/name.param')."""
+  scope, _, name = key.rpartition('/')
+  configurable, _, parameter = name.rpartition('.')
+  pattern = re.compile(
+      r'^\s*' + (re.escape(scope) + '/' if scope else '') + r'(?:[\w.]+\.)?' +
+      re.escape(configurable) + r'\.' + re.escape(parameter) + r'\s*=')
+  for binding in reversed(_parsed_bindings):  # applied last: they win
+    if pattern.match(binding):
+      return f'--bind {binding!r}'
+  found = None
+  for path in _parsed_files:  # later files win
+    with open(path) as f:
+      for number, line in enumerate(f, 1):
+        if pattern.match(line):
+          found = f'{path}, line {number}'
+  return found or 'the gin config'
 
 
 def describe_missing_required(error: Exception) -> Optional[str]:

@@ -31,16 +31,27 @@ from fmx.errors import UserError
 
 RESULTS_FILE = 'results.json'  # fmx.tasks.teacher_run.RESULTS_FILE, without TF
 LOG_FILE = 'log.txt'
-# Final metrics the HParams dashboard shows, read from each point's test/ and
-# validation/ summaries (tags as the tasks write them).
-METRICS = (('test', 'student_top1'), ('test', 'agreement'), ('test', 'top1'),
-           ('validation', 'student_top1'), ('validation', 'agreement'),
-           ('validation', 'top1'))
+# Metrics the HParams dashboard shows per task, read from each point's test/
+# and validation/ summaries (tags as the tasks write them: a distillation
+# run logs no plain 'top1').
+TASK_METRICS = {'distillation': ('student_top1', 'teacher_top1', 'agreement', 'kl'),
+                'teacher': ('top1', 'validation_loss')}
+METRIC_GROUPS = ('test', 'validation')
+
+
+def logged_metrics(task: str):
+  """(group, tag) of every metric a run of `task` logs, for HParams."""
+  return [(group, tag) for group in METRIC_GROUPS
+          for tag in TASK_METRICS.get(task, ())]
 
 
 @gin.configurable
 class Grid:
-  """Axes declared in a gin file: {'Data.mixup': ['mixup_roll', ...], ...}."""
+  """Axes declared in a gin file: {'Data.mixup': ['mixup_roll', ...], ...}.
+
+  Args:
+    axes: gin key -> the values the grid runs, one run per combination.
+  """
 
   def __init__(self, axes: Optional[Dict[str, Sequence]] = None):
     self.axes = dict(axes or {})
@@ -93,6 +104,18 @@ def axes_from_files(gin_files: Sequence[str]) -> Dict[str, list]:
   return axes
 
 
+def task_of(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> str:
+  """The `Experiment.task` the grid's points run."""
+  from fmx import gin_config  # pylint: disable=g-import-not-at-top
+  gin_config.parse(gin_files, bindings)
+  try:
+    return gin.query_parameter('Experiment.task')
+  except ValueError:
+    return ''  # not set: every point fails with gin's message
+  finally:
+    gin.clear_config()
+
+
 @dataclasses.dataclass
 class Outcome:
   point: Point
@@ -113,8 +136,9 @@ def run_grid(gin_files: Sequence[str], axes: Dict[str, Sequence], root: str,
   if clashes:
     raise UserError(f'grid points {clashes} would share a folder (values that '
                     'differ only in punctuation); make the axis values distinct.')
+  task = task_of(gin_files, extra_bindings)
   os.makedirs(root, exist_ok=True)
-  write_hparams_config(root, axes)
+  write_hparams_config(root, axes, task)
   outcomes, pending = [], []
   for point in grid_points:
     folder = os.path.join(root, point.name)
@@ -178,14 +202,16 @@ def _hparam_value(value):
   return value if isinstance(value, (bool, int, float, str)) else repr(value)
 
 
-def write_hparams_config(root: str, axes: Dict[str, Sequence]) -> None:
-  """The HParams experiment at the grid root: axes as hparams, final metrics."""
+def write_hparams_config(root: str, axes: Dict[str, Sequence],
+                         task: str = 'distillation') -> None:
+  """The HParams experiment at the grid root: axes as hparams, the metrics
+  that runs of `task` log."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
   hparams = [hp.HParam(key, hp.Discrete([_hparam_value(v) for v in values]))
              for key, values in axes.items()]
   metrics = [hp.Metric(tag, group=group, display_name=f'{group}/{tag}')
-             for group, tag in METRICS]
+             for group, tag in logged_metrics(task)]
   with tf.summary.create_file_writer(root).as_default():
     hp.hparams_config(hparams=hparams, metrics=metrics)
 

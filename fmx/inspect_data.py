@@ -85,6 +85,8 @@ def batch_statistics(data: Data, seed: int, batch_size: int) -> dict:
   positions = [int(position) for position, _ in raw]
   stats = {
       'source': source.name, 'images': batch['image'].numpy(),
+      'num_examples': source.num_examples,
+      'class_names': source.label_names() if source.labeled else None,
       'labels': batch['label'].numpy(), 'batch_size': batch_size,
       'seed': seed, 'image_shape': tuple(batch['image'].shape[1:]),
       'crop_areas': crop_areas(data, seed, positions,
@@ -112,8 +114,10 @@ def describe(stats: dict) -> str:
   """The lines `fmx inspect-data` prints."""
   images, n = stats['images'], stats['batch_size']
   lines = [f'batch: {n} images of {"x".join(map(str, stats["image_shape"]))} '
-           f'from {stats["source"]} (seed {stats["seed"]}, first batch, one '
-           'input pipeline: MixUp runs per replica)',
+           f'from {stats["source"]}, drawn from its {stats["num_examples"]:,} '
+           f'images (seed {stats["seed"]}, first batch, one input pipeline: '
+           f'MixUp runs per replica); the grid shows {min(n, MAX_SHOWN)} of '
+           f'the {n}',
            f'pixels: min {images.min():.3f}  mean {images.mean():.3f}  '
            f'max {images.max():.3f}',
            f'labels: {len(set(stats["labels"].tolist()))} distinct']
@@ -133,6 +137,15 @@ def describe(stats: dict) -> str:
   return '\n'.join(lines)
 
 
+def image_title(stats: dict, index: int) -> str:
+  """'#3 triangle +#2': the image's index, class name and MixUp partner."""
+  names = stats['class_names']
+  title = f'#{index} {names[int(stats["labels"][index])] if names else "unlabeled"}'
+  if stats['partners'] is not None:
+    title += f' +#{stats["partners"][index]}'
+  return title
+
+
 def write_grid(stats: dict, data: Data, path: str) -> None:
   """Saves up to MAX_SHOWN images of the batch as a PNG grid."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -150,10 +163,7 @@ def write_grid(stats: dict, data: Data, path: str) -> None:
     image = images[index]
     axis.imshow(image[..., 0] if image.shape[-1] == 1 else image,
                 cmap='gray' if image.shape[-1] == 1 else None, vmin=0, vmax=1)
-    title = f'#{index} y={stats["labels"][index]}'
-    if stats['partners'] is not None:
-      title += f' +#{stats["partners"][index]}'
-    axis.set_title(title, fontsize=7)
+    axis.set_title(image_title(stats, index), fontsize=7)
   mixing = (f'{stats["mixup"]} a={stats["coefficient"]:.2f}, '
             f'{stats["distinct_pairs"]} distinct pairs'
             if stats['mixup'] else 'no mixup')

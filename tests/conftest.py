@@ -101,6 +101,27 @@ def trained_teacher(tmp_path_factory):
   return model_dir, gin_file, results
 
 
+@pytest.fixture(scope='session')
+def trained_student(trained_teacher, tmp_path_factory):
+  """A finished tiny distillation run: (model_dir, results).
+
+  2 epochs: logits far enough apart that quantisation can be judged by
+  agreement rather than by coin flips between near-equal classes. A 3x3x8x32
+  kernel: TFLite's dynamic range quantisation skips weights under 1,024.
+  Tests that export it pass --out, or read MODEL_DIR/export only as
+  test_export does.
+  """
+  from fmx.training import run  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('student')
+  model_dir = str(root / 'run')
+  gin_file = write(root / 'student.gin',
+                   tiny_student_gin(model_dir, trained_teacher[0], epochs=2) +
+                   'student/backbones.simple_cnn.widths = (8, 32)\n')
+  results = run.run([gin_file])
+  gin.clear_config()
+  return model_dir, results
+
+
 class Recorder(tf_keras.Model):
   """Wraps a model and keeps a copy of every input it is called with."""
 

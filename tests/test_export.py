@@ -12,34 +12,22 @@ import shutil
 import subprocess
 import sys
 
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_student_gin, write
 from fmx import cli, export, report
 from fmx.errors import UserError
-from fmx.training import evaluate, run
+from fmx.training import evaluate
 
 TEST_IMAGES = 100  # the tiny runs' test split, test[:100]
 TFLITE_SIZE = 20  # a fixed TFLite input size other than trained (16) and raw (28)
 
 
 @pytest.fixture(scope='module')
-def student(trained_teacher, tmp_path_factory):
+def student(trained_student):
   """A finished tiny distillation run: (model_dir, results)."""
-  root = tmp_path_factory.mktemp('student')
-  model_dir = str(root / 'run')
-  # 2 epochs: logits far enough apart that quantisation can be judged by
-  # agreement rather than by coin flips between near-equal classes. A 3x3x8x32
-  # kernel: TFLite's dynamic range quantisation skips weights under 1,024.
-  gin_file = write(root / 'student.gin',
-                   tiny_student_gin(model_dir, trained_teacher[0], epochs=2) +
-                   'student/backbones.simple_cnn.widths = (8, 32)\n')
-  results = run.run([gin_file])
-  gin.clear_config()
-  return model_dir, results
+  return trained_student
 
 
 @pytest.fixture(scope='module')

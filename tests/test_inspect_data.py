@@ -107,6 +107,7 @@ def test_cli_writes_a_png_grid_and_prints_the_statistics(tmp_path, colour_folder
                    '--bind', 'Training.global_batch_size = 6']) == 0
   printed = capsys.readouterr().out
   assert 'batch: 6 images of 64x64x3 from image_folder:train' in printed
+  assert 'drawn from its 8 images' in printed and 'grid shows 6 of the 6' in printed
   assert 'mixup: mixup_reverse' in printed and '(beta)' in printed
   assert '3 distinct pairs in 6 images' in printed
   assert 'inception_crop areas: min' in printed

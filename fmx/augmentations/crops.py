@@ -24,7 +24,13 @@ def inception_crop(image, seed, size: int,
                    area_range: Tuple[float, float] = (0.05, 1.0),
                    aspect_ratio_range: Tuple[float, float] = (3 / 4, 4 / 3),
                    min_object_covered: float = 0.1):
-  """Random crop of 5%-100% of the area, aspect 3/4-4/3, resized to size."""
+  """Random crop of 5%-100% of the area, aspect 3/4-4/3, resized to size.
+
+  Args:
+    area_range: (min, max) fraction of the image's area a crop keeps.
+    aspect_ratio_range: (min, max) width / height of a crop.
+    min_object_covered: least fraction of the image every crop covers.
+  """
   begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
       tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
       seed=seed, min_object_covered=min_object_covered,
@@ -42,7 +48,11 @@ def random_flip(image, seed, size: int):
 
 @AUGMENTATIONS.register(denylist=_FRAMEWORK_ARGS)
 def random_translate(image, seed, size: int, max_shift: int = 3):
-  """Shifts the image up to max_shift pixels (zero fill), then resizes."""
+  """Shifts the image up to max_shift pixels (zero fill), then resizes.
+
+  Args:
+    max_shift: largest shift in pixels, along each axis.
+  """
   height, width = tf.shape(image)[0], tf.shape(image)[1]
   padded = tf.pad(image, [[max_shift, max_shift], [max_shift, max_shift], [0, 0]])
   cropped = tf.image.stateless_random_crop(
@@ -52,7 +62,11 @@ def random_translate(image, seed, size: int, max_shift: int = 3):
 
 @AUGMENTATIONS.register(denylist=_FRAMEWORK_ARGS)
 def central_crop(image, seed, size: int, fraction: float = 0.875):
-  """Central crop keeping `fraction` of each side, resized to size (eval)."""
+  """Central crop keeping `fraction` of each side, resized to size (eval).
+
+  Args:
+    fraction: share of each side the crop keeps (0.875 is the usual eval crop).
+  """
   del seed
   return _resize(tf.image.central_crop(image, fraction), size)
 
@@ -66,7 +80,11 @@ def resize(image, seed, size: int):
 
 @AUGMENTATIONS.register(denylist=_FRAMEWORK_ARGS)
 def resize_then_random_crop(image, seed, size: int, resize_to: int = 160):
-  """Resize to resize_to x resize_to, then a random size x size crop (teacher)."""
+  """Resize to resize_to x resize_to, then a random size x size crop (teacher).
+
+  Args:
+    resize_to: side in pixels of the resize before the crop.
+  """
   channels = tf.shape(image)[2]
   resized = _resize(image, resize_to)
   return tf.image.stateless_random_crop(resized, tf.stack([size, size, channels]),

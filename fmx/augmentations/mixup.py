@@ -75,21 +75,36 @@ def _blend(images, partner_index, seed, coefficient, p):
 
 @AUGMENTATIONS.register(denylist=_FRAMEWORK_ARGS)
 def mixup_roll(images, seed, coefficient: str = 'uniform', p: float = 1.0):
-  """MixUp with partner i-1 (roll by one): n distinct pairs in a batch of n."""
+  """MixUp with partner i-1 (roll by one): n distinct pairs in a batch of n.
+
+  Args:
+    coefficient: 'uniform' (a ~ U(0, 1), the original's) or 'beta' (Beta(p, p), folded to a >= 1/2).
+    p: the Beta distribution's parameter, with coefficient 'beta'.
+  """
   return _blend(images, roll_partners(tf.shape(images)[0], seed), seed,
                 coefficient, p)
 
 
 @AUGMENTATIONS.register(denylist=_FRAMEWORK_ARGS)
 def mixup_reverse(images, seed, coefficient: str = 'uniform', p: float = 1.0):
-  """MixUp with partner n-1-i (original, flawed): n/2 distinct pairs of n."""
+  """MixUp with partner n-1-i (original, flawed): n/2 distinct pairs of n.
+
+  Args:
+    coefficient: 'uniform' (a ~ U(0, 1), the original's) or 'beta' (Beta(p, p), folded to a >= 1/2).
+    p: the Beta distribution's parameter, with coefficient 'beta'.
+  """
   return _blend(images, reverse_partners(tf.shape(images)[0], seed), seed,
                 coefficient, p)
 
 
 @AUGMENTATIONS.register(denylist=_FRAMEWORK_ARGS)
 def mixup_permute(images, seed, coefficient: str = 'uniform', p: float = 1.0):
-  """MixUp with a random permutation partner: ~n - 1.5 distinct pairs of n."""
+  """MixUp with a random permutation partner: ~n - 1.5 distinct pairs of n.
+
+  Args:
+    coefficient: 'uniform' (a ~ U(0, 1), the original's) or 'beta' (Beta(p, p), folded to a >= 1/2).
+    p: the Beta distribution's parameter, with coefficient 'beta'.
+  """
   return _blend(images, permute_partners(tf.shape(images)[0], seed), seed,
                 coefficient, p)
 

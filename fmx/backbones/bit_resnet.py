@@ -175,26 +175,44 @@ _DENYLIST = ('num_classes', 'input_shape')
 def bit_resnet(num_classes: int, input_shape: Tuple[int, int, int],
                depth: int = 50, width: int = 1,
                weights: Optional[str] = None) -> tf_keras.Model:
-  """BiT ResNet-V2 of any depth (26/50/101/152) and width (1-4), GroupNorm + WS."""
+  """BiT ResNet-V2 of any depth (26/50/101/152) and width (1-4), GroupNorm + WS.
+
+  Args:
+    depth: 26, 50, 101 or 152 layers.
+    width: width multiplier, 1 to 4.
+    weights: an official BiT .npz (path or URL) to start from; None: random init.
+  """
   return build(num_classes, input_shape, depth, width, weights)
 
 
 @BACKBONES.register(denylist=_DENYLIST)
 def bit_r50x1(num_classes: int, input_shape: Tuple[int, int, int],
               weights: Optional[str] = None) -> tf_keras.Model:
-  """BiT ResNet-V2 50x1 (25.55M params with 1000 classes): the paper's student."""
+  """BiT ResNet-V2 50x1 (25.55M params with 1000 classes): the paper's student.
+
+  Args:
+    weights: an official BiT .npz (path or URL) to start from; None: random init.
+  """
   return build(num_classes, input_shape, 50, 1, weights)
 
 
 @BACKBONES.register(denylist=_DENYLIST)
 def bit_r101x3(num_classes: int, input_shape: Tuple[int, int, int],
                weights: Optional[str] = None) -> tf_keras.Model:
-  """BiT ResNet-V2 101x3 (387.93M params): the original implementation's teacher."""
+  """BiT ResNet-V2 101x3 (387.93M params): the original implementation's teacher.
+
+  Args:
+    weights: an official BiT .npz (path or URL) to start from; None: random init.
+  """
   return build(num_classes, input_shape, 101, 3, weights)
 
 
 @BACKBONES.register(denylist=_DENYLIST)
 def bit_r152x2(num_classes: int, input_shape: Tuple[int, int, int],
                weights: Optional[str] = None) -> tf_keras.Model:
-  """BiT ResNet-V2 152x2 (236.34M params): the paper's ImageNet teacher."""
+  """BiT ResNet-V2 152x2 (236.34M params): the paper's ImageNet teacher.
+
+  Args:
+    weights: an official BiT .npz (path or URL) to start from; None: random init.
+  """
   return build(num_classes, input_shape, 152, 2, weights)

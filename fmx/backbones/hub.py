@@ -78,7 +78,13 @@ def _call(layer, inputs, handle: str, setting: str):
 def hub(num_classes: int, input_shape: Tuple[int, int, int],
         handle: str = BIT_M_HANDLES['bit_m-r101x3'],
         trainable: bool = True, head: bool = True) -> tf_keras.Model:
-  """A TF-Hub module or local SavedModel (default BiT-M-R101x3) + zero-init head."""
+  """A TF-Hub module or local SavedModel (default BiT-M-R101x3) + zero-init head.
+
+  Args:
+    handle: TF-Hub URL or SavedModel folder of a feature (or logits) model.
+    trainable: fine-tune the module's weights (False: only the head trains).
+    head: add a zero-initialised Dense head (False: the module outputs logits).
+  """
   setting = 'backbones.hub.handle'
   layer = keras_layer(handle, trainable, setting)
   inputs = tf_keras.Input(shape=input_shape, name='image')

@@ -39,7 +39,8 @@ def _make_entry(entry_name, constructor):
 
   build.__name__ = entry_name
   build.__doc__ = (f'tf_keras.applications.{constructor.__name__}, logits '
-                   'head, random init or a local weights file.')
+                   'head, random init or a local weights file.\n\n  Args:\n'
+                   '    weights: a local Keras weights file; None: random init.\n')
   return BACKBONES.register(entry_name, denylist=('num_classes', 'input_shape'))(build)
 
 

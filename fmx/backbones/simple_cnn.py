@@ -20,7 +20,16 @@ def simple_cnn(num_classes: int, input_shape: Tuple[int, int, int],
                dropout: float = 0.0,
                batch_norm_momentum: float = 0.9,
                name: str = 'simple_cnn') -> tf_keras.Model:
-  """VGG-style CNN: stages of 3x3 convs + max-pool, global pool, dense logits."""
+  """VGG-style CNN: stages of 3x3 convs + max-pool, global pool, dense logits.
+
+  Args:
+    widths: filters of each stage's convolutions; one stage per value.
+    convs_per_stage: 3x3 convolutions in each stage.
+    batch_norm: BatchNormalization after each convolution.
+    dropout: dropout rate before the logits (0: none).
+    batch_norm_momentum: momentum of BatchNorm's moving statistics.
+    name: the Keras model's name.
+  """
   inputs = tf_keras.Input(shape=input_shape, name='image')
   x = inputs
   for stage, width in enumerate(widths):

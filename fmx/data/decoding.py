@@ -114,7 +114,8 @@ def decode_examples(records: tf.data.Dataset, num_records: int,
           'Data.skip_corrupt = True to skip corrupt images (a run reports '
           'how many in results.json as skipped_corrupt).')]):
         return tf.constant(0, tf.int64)
-    report = tf.print('fmx: skipping', position - first_missing,
+    # On a line of its own: a progress bar may hold the current line.
+    report = tf.print('\nfmx: skipping', position - first_missing,
                       'corrupt image(s) of', source_name, 'from',
                       describe(first_missing), output_stream=sys.stderr)
     with tf.control_dependencies([corrupt.mark(first_missing, position), report]):

@@ -18,7 +18,7 @@ from another domain); `num_classes` is the teacher's.
 
 import hashlib
 import os
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import gin
 import tensorflow as tf
@@ -69,7 +69,8 @@ def _stable_order(paths: Sequence[str], folder: str) -> List[str]:
 
 def _source(name: str, split: str, paths: List[str], labels: List[int],
             num_classes: int, channels: int, skip_corrupt: bool,
-            labeled: bool) -> Source:
+            labeled: bool, class_names: Optional[Tuple[str, ...]] = None
+            ) -> Source:
   base, start, stop = slice_bounds(split, {split_name(split): len(paths)})
   del base
   paths, labels = paths[start:stop], labels[start:stop]
@@ -87,7 +88,8 @@ def _source(name: str, split: str, paths: List[str], labels: List[int],
       channels=channels, skip_corrupt=skip_corrupt)
   return Source(name=name, dataset=dataset, num_examples=len(paths),
                 num_classes=num_classes, channels=channels, labeled=labeled,
-                decoded_bytes=_decoded_bytes(paths, channels), corrupt=corrupt)
+                decoded_bytes=_decoded_bytes(paths, channels), corrupt=corrupt,
+                class_names=class_names)
 
 
 def _decoded_bytes(paths: List[str], channels: int):
@@ -108,7 +110,12 @@ def _decoded_bytes(paths: List[str], channels: int):
 @DATASETS.register(denylist=('split', 'skip_corrupt'))
 def image_folder(split: str, root: str = gin.REQUIRED, channels: int = 3,
                  skip_corrupt: bool = False) -> Source:
-  """Images in one subfolder per class (JPEG/PNG); classes in sorted order."""
+  """Images in one subfolder per class (JPEG/PNG); classes in sorted order.
+
+  Args:
+    root: folder of class subfolders; may contain {split}, e.g. '/data/pets/{split}'.
+    channels: 3 (RGB) or 1 (grayscale): images are decoded to this many.
+  """
   key = 'image_folder.root'
   folder = _split_root(root, split, key)
   classes = _class_names(root, folder)
@@ -129,14 +136,20 @@ def image_folder(split: str, root: str = gin.REQUIRED, channels: int = 3,
   paths = _stable_order(label_of, folder)
   return _source(f'image_folder:{split}', split, paths,
                  [label_of[p] for p in paths], len(classes), channels,
-                 skip_corrupt, labeled=True)
+                 skip_corrupt, labeled=True, class_names=tuple(classes))
 
 
 @DATASETS.register(denylist=('split', 'skip_corrupt'))
 def unlabeled_image_folder(split: str, root: str = gin.REQUIRED,
                            num_classes: int = gin.REQUIRED, channels: int = 3,
                            skip_corrupt: bool = False) -> Source:
-  """Every image under a folder (JPEG/PNG), label -1: for distillation."""
+  """Every image under a folder (JPEG/PNG), label -1: for distillation.
+
+  Args:
+    root: folder of images, at any depth; may contain {split}.
+    num_classes: the teacher's number of classes.
+    channels: 3 (RGB) or 1 (grayscale): images are decoded to this many.
+  """
   key = 'unlabeled_image_folder.root'
   folder = _split_root(root, split, key)
   paths = _stable_order(_images_under(folder), folder)

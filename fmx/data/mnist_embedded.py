@@ -67,4 +67,5 @@ def mnist_embedded(split: str) -> Source:
   dataset = tf.data.Dataset.from_tensor_slices(
       {'image': images[chosen], 'label': labels[chosen]})
   return Source(name=f'mnist_embedded:{split}', dataset=dataset,
-                num_examples=len(chosen), num_classes=10, channels=1)
+                num_examples=len(chosen), num_classes=10, channels=1,
+                class_names=tuple(str(digit) for digit in range(10)))

@@ -46,7 +46,24 @@ CACHE_LIMIT_BYTES = 8 << 30
 
 @gin.configurable
 class Data:
-  """Which data a run trains and evaluates on, and how it is augmented."""
+  """Which data a run trains and evaluates on, and how it is augmented.
+
+  Args:
+    train_dataset: the dataset entry trained on (`fmx list datasets`).
+    eval_dataset: the dataset entry evaluated on.
+    image_size: side in pixels of the images the models see.
+    train_split: split of train_dataset, e.g. 'train' or 'train[:90%]'.
+    eval_split: split evaluated during the run.
+    test_split: split evaluated at the end (results.json).
+    train_augmentations: per-image augmentations for training, in order.
+    eval_augmentations: per-image steps for evaluation, e.g. ['central_crop'].
+    mixup: batch augmentation ('mixup_roll', ...) or None.
+    mixup_scope: 'replica' (each replica's batch) or 'global' (the global batch).
+    value_range: (low, high) the pixels are scaled to.
+    shuffle_buffer: examples in the shuffle buffer.
+    cache: 'auto' (decoded splits that fit in memory), 'memory' or 'none'.
+    skip_corrupt: skip (and count) undecodable images instead of stopping.
+  """
 
   def __init__(self,
                train_dataset: str = gin.REQUIRED,

@@ -10,7 +10,7 @@ Entries that decode images themselves also accept `skip_corrupt` (set by
 
 import dataclasses
 import re
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -34,10 +34,28 @@ class Source:
   # Corrupt records skipped so far, for entries that decode their own files
   # with Data.skip_corrupt on.
   corrupt: Optional[CorruptRecords] = None
+  # Label k's name, when the data has names (folders, TFDS, a user's list).
+  class_names: Optional[Tuple[str, ...]] = None
+
+  def label_names(self) -> List[str]:
+    """Label k's name for every k; 'class k' for data without names."""
+    return list(self.class_names or (f'class {k}' for k in range(self.num_classes)))
 
   def skipped_corrupt(self) -> int:
     """How many corrupt records this split has skipped so far."""
     return self.corrupt.count() if self.corrupt is not None else 0
+
+
+def checked_class_names(names: Optional[Sequence[str]], num_classes: int,
+                        key: str) -> Optional[Tuple[str, ...]]:
+  """A user's list of class names as a tuple; UserError unless one per class."""
+  if names is None:
+    return None
+  if len(names) != num_classes:
+    raise UserError(f'{key} lists {len(names)} class names but the data has '
+                    f'{num_classes} classes; give one name per class, label '
+                    '0 first.')
+  return tuple(str(name) for name in names)
 
 
 _SPLIT = re.compile(r'^(?P<name>\w+)(\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$')

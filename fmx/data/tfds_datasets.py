@@ -79,7 +79,13 @@ def _prepared_dataset(builder, name: str, split: str, data_dir: Optional[str],
 def tfds(split: str, name: str = 'oxford_iiit_pet',
          data_dir: Optional[str] = None,
          download: Optional[bool] = None) -> Source:
-  """Any TFDS image-classification dataset, by name (`tfds.name = '...'`)."""
+  """Any TFDS image-classification dataset, by name (`tfds.name = '...'`).
+
+  Args:
+    name: the TFDS name, e.g. 'oxford_iiit_pet' or 'cifar10'.
+    data_dir: folder (or gs:// bucket) of prepared TFDS data; None: ~/tensorflow_datasets.
+    download: download if not prepared; None: only into a local data_dir.
+  """
   import tensorflow_datasets as tfds_lib  # pylint: disable=g-import-not-at-top
   if data_dir:
     network.require_cloud_storage(
@@ -107,22 +113,35 @@ def tfds(split: str, name: str = 'oxford_iiit_pet',
   return Source(name=f'{name}:{split}', dataset=dataset,
                 num_examples=num_examples,
                 num_classes=info.features['label'].num_classes,
-                channels=info.features['image'].shape[-1] or 3)
+                channels=info.features['image'].shape[-1] or 3,
+                class_names=tuple(info.features['label'].names))
 
 
 @DATASETS.register(denylist=('split',))
 def oxford_flowers102(split: str, data_dir: Optional[str] = None) -> Source:
-  """Oxford Flowers102 from TFDS (102 classes)."""
+  """Oxford Flowers102 from TFDS (102 classes).
+
+  Args:
+    data_dir: folder (or gs:// bucket) of prepared TFDS data; None: ~/tensorflow_datasets.
+  """
   return tfds(split, name='oxford_flowers102', data_dir=data_dir)
 
 
 @DATASETS.register(denylist=('split',))
 def oxford_iiit_pet(split: str, data_dir: Optional[str] = None) -> Source:
-  """Oxford-IIIT Pet37 from TFDS (37 classes)."""
+  """Oxford-IIIT Pet37 from TFDS (37 classes).
+
+  Args:
+    data_dir: folder (or gs:// bucket) of prepared TFDS data; None: ~/tensorflow_datasets.
+  """
   return tfds(split, name='oxford_iiit_pet', data_dir=data_dir)
 
 
 @DATASETS.register(denylist=('split',))
 def food101(split: str, data_dir: Optional[str] = None) -> Source:
-  """Food101 from TFDS (101 classes)."""
+  """Food101 from TFDS (101 classes).
+
+  Args:
+    data_dir: folder (or gs:// bucket) of prepared TFDS data; None: ~/tensorflow_datasets.
+  """
   return tfds(split, name='food101', data_dir=data_dir)

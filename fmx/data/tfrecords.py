@@ -20,14 +20,14 @@ label inside [0, num_classes) before any model is built.
 import dataclasses
 import struct
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import gin
 import numpy as np
 import tensorflow as tf
 
 from fmx.data import decoding, files
-from fmx.data.source import Source, slice_bounds, split_name
+from fmx.data.source import Source, checked_class_names, slice_bounds, split_name
 from fmx.errors import UserError
 from fmx.registry import DATASETS
 
@@ -201,8 +201,19 @@ def _decode_fn(image_key: str, label_key: str, channels: int):
 def tfrecords(split: str, file_pattern: str = gin.REQUIRED,
               num_classes: int = gin.REQUIRED, channels: int = 3,
               image_key: str = 'image', label_key: str = 'class',
+              class_names: Optional[Sequence[str]] = None,
               skip_corrupt: bool = False) -> Source:
-  """TFRecords of encoded images + int64 labels, e.g. the original's files."""
+  """TFRecords of encoded images + int64 labels, e.g. the original's files.
+
+  Args:
+    file_pattern: glob of the files; may contain {split}, e.g. '/data/{split}/*.tfrec'.
+    num_classes: labels run from 0 to num_classes - 1.
+    channels: 3 (RGB) or 1 (grayscale): images are decoded to this many.
+    image_key: feature holding the encoded (JPEG/PNG) image.
+    label_key: int64 feature holding the class.
+    class_names: label k's name, label 0 first; None: 'class 0', 'class 1', ...
+  """
+  names = checked_class_names(class_names, num_classes, f'{_KEY}.class_names')
   paths = files.glob(file_pattern, split, f'{_KEY}.file_pattern')
   stats = _count(paths, label_key)
   _check(paths, stats, split, num_classes, label_key, skip_corrupt)
@@ -243,7 +254,7 @@ def tfrecords(split: str, file_pattern: str = gin.REQUIRED,
                 num_classes=num_classes, channels=channels,
                 decoded_bytes=_decoded_bytes(records, stop - start, image_key,
                                              channels),
-                corrupt=corrupt)
+                corrupt=corrupt, class_names=names)
 
 
 def _decoded_bytes(records, count: int, image_key: str, channels: int):

@@ -18,7 +18,12 @@ def _log_softmax(logits, temperature=1.0):
 @LOSSES.register(denylist=_FRAMEWORK_ARGS)
 def kl(teacher_logits, student_logits, temperature: float = 1.0,
        scale_by_temperature_squared: bool = False):
-  """KL(teacher || student) of softmax(logits / T), per example."""
+  """KL(teacher || student) of softmax(logits / T), per example.
+
+  Args:
+    temperature: T, dividing both models' logits (the original used 2).
+    scale_by_temperature_squared: multiply by T^2 (Hinton et al.; the original did not).
+  """
   teacher_log_p = _log_softmax(teacher_logits, temperature)
   student_log_p = _log_softmax(student_logits, temperature)
   per_example = tf.reduce_sum(
@@ -31,14 +36,22 @@ def kl(teacher_logits, student_logits, temperature: float = 1.0,
 
 @LOSSES.register(denylist=_FRAMEWORK_ARGS)
 def soft_cross_entropy(teacher_logits, student_logits, temperature: float = 1.0):
-  """Cross-entropy H(teacher, student) of softmax(logits / T), per example."""
+  """Cross-entropy H(teacher, student) of softmax(logits / T), per example.
+
+  Args:
+    temperature: T, dividing both models' logits.
+  """
   teacher_p = tf.exp(_log_softmax(teacher_logits, temperature))
   return -tf.reduce_sum(teacher_p * _log_softmax(student_logits, temperature), -1)
 
 
 @LOSSES.register(denylist=_FRAMEWORK_ARGS)
 def hard(teacher_logits, student_logits, label_smoothing: float = 0.0):
-  """Cross-entropy on the teacher's argmax (optionally label-smoothed)."""
+  """Cross-entropy on the teacher's argmax (optionally label-smoothed).
+
+  Args:
+    label_smoothing: share of the target spread evenly over all classes.
+  """
   num_classes = tf.shape(teacher_logits)[-1]
   targets = tf.one_hot(tf.argmax(teacher_logits, -1), num_classes)
   if label_smoothing:

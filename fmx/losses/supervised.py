@@ -7,7 +7,11 @@ from fmx.registry import LOSSES
 
 @LOSSES.register(denylist=('labels', 'logits'))
 def cross_entropy(labels, logits, label_smoothing: float = 0.0):
-  """Softmax cross-entropy against integer labels (teacher training)."""
+  """Softmax cross-entropy against integer labels (teacher training).
+
+  Args:
+    label_smoothing: share of the target spread evenly over all classes.
+  """
   num_classes = tf.shape(logits)[-1]
   targets = tf.one_hot(labels, num_classes)
   if label_smoothing:

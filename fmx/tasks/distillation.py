@@ -32,7 +32,20 @@ EVAL_METRICS = TRAIN_METRICS + ('student_top5', 'teacher_top5', 'kl')
 
 @TASKS.register('distillation', denylist=('params', 'logging_dir', 'name'))
 class DistillationTask(FmxTask):
-  """Function matching: student learns the frozen teacher's outputs, no labels."""
+  """Function matching: student learns the frozen teacher's outputs, no labels.
+
+  Args:
+    student: the backbone entry distilled into (`fmx list backbones`).
+    teacher_run: folder of an fmx teacher run (or one teacher_gin trains).
+    teacher_saved_model: a SavedModel folder or TF-Hub handle that outputs logits.
+    teacher_gin: gin file that trains teacher_run first, if it is not finished.
+    loss: a distillation loss entry, e.g. 'kl'.
+    teaching: 'function_matching', 'consistent', 'independent_noise' or 'fixed_teacher'.
+    student_image_size: the student's input size; None: Data.image_size.
+    teacher_image_size: a SavedModel teacher's input size; None: Data.image_size.
+    teacher_jit_compile: compile the teacher's forward pass with XLA.
+    teacher_output_cache: folder caching fixed_teacher's outputs.
+  """
 
   def __init__(self, params, logging_dir=None, name=None,
                student: str = gin.REQUIRED,
@@ -214,4 +227,5 @@ class DistillationTask(FmxTask):
 
   def results(self, eval_logs) -> dict:
     logs = to_float(eval_logs)
-    return {name: logs[name] for name in EVAL_METRICS}
+    return dict({name: logs[name] for name in EVAL_METRICS},
+                num_classes=self.num_classes)

@@ -16,7 +16,12 @@ from fmx.tasks.base import FmxTask, apply_gradients, to_float, top1_correct, upd
 
 @TASKS.register('teacher', denylist=('params', 'logging_dir', 'name'))
 class TeacherTask(FmxTask):
-  """Supervised training of a teacher backbone with labels (cross-entropy)."""
+  """Supervised training of a teacher backbone with labels (cross-entropy).
+
+  Args:
+    backbone: the backbone entry trained (`fmx list backbones`).
+    loss: a supervised loss entry, e.g. 'cross_entropy'.
+  """
 
   def __init__(self, params, logging_dir=None, name=None,
                backbone: str = gin.REQUIRED, loss: str = 'cross_entropy'):
@@ -66,4 +71,5 @@ class TeacherTask(FmxTask):
 
   def results(self, eval_logs) -> dict:
     logs = to_float(eval_logs)
-    return {'top1': logs['top1'], 'loss': logs.get('validation_loss')}
+    return {'top1': logs['top1'], 'loss': logs.get('validation_loss'),
+            'num_classes': self.num_classes}

@@ -54,7 +54,8 @@ def worker_role(strategy: tf.distribute.Strategy,
   # As Model Garden's runner and Keras decide: the chief (TF_CONFIG's
   # 'chief' task, else worker 0) is the one that should checkpoint.
   if extended.should_checkpoint:
-    yield Role(True, multi_worker, model_dir, model_dir)
+    with run_dir.removed_if_left_empty(model_dir):
+      yield Role(True, multi_worker, model_dir, model_dir)
     return
   # One folder per run and task, emptied at start: a worker killed before
   # it could remove its folder leaves one behind, not one per restart.

@@ -32,19 +32,18 @@ class RestoredRun:
   checkpoint: str
 
 
-def restore_run(model_dir: str, bindings: Sequence[str] = ()) -> RestoredRun:
+def restore_run(model_dir: str, bindings: Sequence[str] = (),
+                checkpoint: Optional[str] = None) -> RestoredRun:
   """Parses model_dir's operative config, builds its trainer, reads its checkpoint.
 
   `bindings` are applied after the run's config (e.g. another test split).
+  `checkpoint` is a checkpoint's path or step (default: the latest).
   """
   config = os.path.join(model_dir, run_dir.OPERATIVE_CONFIG)
   if not tf.io.gfile.exists(config):
     raise UserError(f'{model_dir!r} is not an fmx run folder (no '
                     f'{run_dir.OPERATIVE_CONFIG}); pass the --model_dir of a run.')
-  checkpoint = tf.train.latest_checkpoint(model_dir)
-  if not checkpoint:
-    raise UserError(f'run {model_dir!r} has no checkpoint yet; train it with '
-                    f'`fmx run` first.')
+  checkpoint = find_checkpoint(model_dir, checkpoint)
   gin_config.parse([config], _task_binding(model_dir, config) +
                    _local_strategy_binding(config) + list(bindings))
   setup = run.build_setup(Experiment().task, model_dir)
@@ -62,6 +61,31 @@ def restore_run(model_dir: str, bindings: Sequence[str] = ()) -> RestoredRun:
         f'{config} ({str(e).splitlines()[0]}); was the run folder reused for '
         'another experiment? Pass the folder of the run that wrote it.') from None
   return RestoredRun(setup, trainer, checkpoint)
+
+
+def find_checkpoint(model_dir: str, wanted: Optional[str] = None) -> str:
+  """The checkpoint `wanted` names (a path, or a step of model_dir), else the latest."""
+  state = tf.train.get_checkpoint_state(model_dir)
+  # The run's checkpoints live in it, whatever folder their paths were
+  # recorded relative to.
+  kept = [os.path.join(model_dir, os.path.basename(p))
+          for p in (state.all_model_checkpoint_paths if state else [])]
+  if wanted is None:
+    latest = tf.train.latest_checkpoint(model_dir)
+    if not latest:
+      raise UserError(f'run {model_dir!r} has no checkpoint yet; train it with '
+                      f'`fmx run` first.')
+    return latest
+  if str(wanted).isdigit():
+    by_step = {run_dir.checkpoint_step(p): p for p in kept}
+    if int(wanted) in by_step:
+      return by_step[int(wanted)]
+  elif tf.io.gfile.exists(f'{wanted}.index'):
+    return str(wanted)
+  steps = ', '.join(str(run_dir.checkpoint_step(p)) for p in kept) or 'none'
+  raise UserError(f'--checkpoint {wanted}: no such checkpoint in {model_dir!r}; '
+                  f'its checkpoints are at steps {steps}. Pass one of these '
+                  'steps or the path of a checkpoint (without .index).')
 
 
 def _task_binding(model_dir: str, config: str) -> List[str]:
@@ -88,16 +112,19 @@ def _local_strategy_binding(config: str) -> List[str]:
   return []
 
 
-def evaluate_run(model_dir: str, split: Optional[str] = None) -> dict:
-  """Evaluates model_dir's latest checkpoint on `split` (default: its test split)."""
+def evaluate_run(model_dir: str, split: Optional[str] = None,
+                 checkpoint: Optional[str] = None) -> dict:
+  """Evaluates a checkpoint (default: the latest) of model_dir on `split`
+  (default: its test split)."""
   bindings = [f'Data.test_split = {split!r}'] if split else []
-  restored = restore_run(model_dir, bindings)
+  restored = restore_run(model_dir, bindings, checkpoint)
   setup = restored.setup
   results = run.evaluate_split(setup, restored.trainer, TEST_SPLIT)
   results['checkpoint'] = restored.checkpoint
   # 'test[:50%]' -> 'eval-test_50%.json'
   name = re.sub(r'[^A-Za-z0-9.%-]+', '_', setup.task.data.test_split).strip('_')
-  path = os.path.join(model_dir, f'eval-{name}.json')
+  step = f'-step{results["global_step"]}' if checkpoint is not None else ''
+  path = os.path.join(model_dir, f'eval-{name}{step}.json')
   run_dir.write_text(path, json.dumps(results, indent=2, sort_keys=True) + '\n')
   results['written_to'] = path
   return results

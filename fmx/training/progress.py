@@ -5,10 +5,17 @@ steps); this one advances a tqdm bar and writes `images_per_second` to the
 same TensorBoard folder as the trainer's own scalars, so the curves overlay.
 """
 
+import os
 import time
 
 import tensorflow as tf
 import tqdm
+
+
+def bar_label(task_name: str, model_dir: str) -> str:
+  """'distillation student': the task, then the run folder's name if it differs."""
+  folder = os.path.basename(os.path.normpath(model_dir))
+  return task_name if folder == task_name else f'{task_name} {folder}'
 
 
 class ProgressBar:

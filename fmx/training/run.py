@@ -30,6 +30,7 @@ from fmx.tasks.base import EVAL_SPLIT, TEST_SPLIT
 from fmx.training import cluster
 from fmx.training import dry_run as dry_run_lib
 from fmx.training import input_images
+from fmx.training import labels
 from fmx.training import preemption
 from fmx.training import progress
 from fmx.training import recovery
@@ -215,10 +216,11 @@ def _train_and_evaluate(setup: Setup, role: cluster.Role,
     if role.is_chief:
       run_dir.check_config(model_dir, config, allow_config_change,
                            setup.resolved)
+      labels.announce(task, model_dir)
   bar = progress.ProgressBar(setup.train_steps,
                              params.task.train_data.global_batch_size,
                              os.path.join(role.write_dir, 'train'),
-                             description=f'{task_name} {os.path.basename(model_dir)}')
+                             description=progress.bar_label(task_name, model_dir))
   training = Training()
   runner = None
   rollback = recovery.rollback_action(
@@ -362,7 +364,10 @@ def format_results(results: dict) -> str:
     ratio = results['teacher_params'] / max(1, results['student_params'])
     rows = [('', 'teacher', 'student'),
             ('test top-1', f'{results["teacher_top1"]:.2%}', f'{results["student_top1"]:.2%}'),
-            ('test top-5', f'{results["teacher_top5"]:.2%}', f'{results["student_top5"]:.2%}'),
+            # Top-5 of 5 classes or fewer is 100% by definition.
+            *([('test top-5', f'{results["teacher_top5"]:.2%}',
+                f'{results["student_top5"]:.2%}')]
+              if results.get('num_classes', 6) > 5 else []),
             ('parameters', f'{results["teacher_params"]:,}', f'{results["student_params"]:,}'),
             ('agreement', '', f'{results["agreement"]:.2%}'),
             ('KL(teacher||student)', '', f'{results["kl"]:.4f}'),

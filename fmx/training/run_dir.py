@@ -52,6 +52,31 @@ def prepare(model_dir: str) -> None:
 
 
 @contextlib.contextmanager
+def removed_if_left_empty(model_dir: str):
+  """A run folder this start created is removed if it fails with it empty.
+
+  A failed start (a model that does not build, a config refused) would
+  otherwise leave an empty folder that looks like a run. Anything written
+  in it (a checkpoint, a config) keeps it.
+  """
+  existed = tf.io.gfile.exists(model_dir)
+  try:
+    yield
+  except BaseException:
+    if not existed and _holds_no_file(model_dir):
+      tf.io.gfile.rmtree(model_dir)
+    raise
+
+
+def _holds_no_file(folder: str) -> bool:
+  try:
+    return tf.io.gfile.isdir(folder) and not any(
+        names for _, _, names in tf.io.gfile.walk(folder))
+  except tf.errors.OpError:
+    return False
+
+
+@contextlib.contextmanager
 def disk_errors_as_user_errors(model_dir: str):
   """A full or read-only model_dir met while training ends as a UserError.
 
@@ -224,7 +249,7 @@ def restorable_step(model_dir: str) -> int:
       break
     corrupt.append((paths.pop(), problem))
   if not corrupt:
-    return _step(paths[-1])
+    return checkpoint_step(paths[-1])
   folder = os.path.join(model_dir, CORRUPT_FOLDER)
   tf.io.gfile.makedirs(folder)
   for prefix, problem in corrupt:
@@ -243,10 +268,11 @@ def restorable_step(model_dir: str) -> int:
         f'{os.path.join(model_dir, "checkpoint")} and rerun.')
   tf.compat.v1.train.update_checkpoint_state(
       model_dir, paths[-1], all_model_checkpoint_paths=paths)
-  return _step(paths[-1])
+  return checkpoint_step(paths[-1])
 
 
-def _step(prefix: str) -> int:
+def checkpoint_step(prefix: str) -> int:
+  """The global step a checkpoint was saved at."""
   return int(train_utils.read_global_step_from_checkpoint(prefix))
 
 

@@ -20,7 +20,12 @@ from fmx.errors import UserError
 
 @gin.configurable
 class Experiment:
-  """Which task a gin file runs, and where it writes (`--model_dir` wins)."""
+  """Which task a gin file runs, and where it writes (`--model_dir` wins).
+
+  Args:
+    task: 'teacher' (supervised, with labels) or 'distillation'.
+    model_dir: the run folder: checkpoints, TensorBoard, results.json.
+  """
 
   def __init__(self, task: str = gin.REQUIRED, model_dir: Optional[str] = None):
     self.task = task
@@ -29,7 +34,22 @@ class Experiment:
 
 @gin.configurable
 class Training:
-  """Length, batch and bookkeeping of a run; schedules derive from these."""
+  """Length, batch and bookkeeping of a run; schedules derive from these.
+
+  Args:
+    epochs: passes over the training split (fractions allowed).
+    global_batch_size: images per step, over all replicas.
+    eval_batch_size: images per evaluation batch, over all replicas.
+    steps_per_loop: steps run in one compiled loop between progress updates.
+    evals: evaluations on the eval split during the run.
+    checkpoints_to_keep: newest checkpoints kept (2 or more allow a fallback).
+    seed: seed of shuffling, augmentation, MixUp and initialisation.
+    max_steps: a cap on the steps, for smoke tests; None: no cap.
+    compile_steps: run steps as compiled tf.functions (False: eagerly).
+    checkpoint_every_steps: steps between checkpoints; None: at every eval.
+    nan_rollbacks: rollbacks to the last good checkpoint after a non-finite loss.
+    loss_upper_bound: a loss above this counts as diverged.
+  """
 
   def __init__(self,
                epochs: float = gin.REQUIRED,
@@ -77,8 +97,11 @@ class Training:
   def trainer_config(self, train_steps: int,
                      optimizer: cfg.base_config.Config) -> cfg.TrainerConfig:
     # Orbit only checkpoints and summarises at loop boundaries, so every
-    # interval is a multiple of steps_per_loop.
-    loop = max(1, min(self.steps_per_loop, train_steps))
+    # interval is a multiple of steps_per_loop. Loops of equal length (at most
+    # steps_per_loop): otherwise a short run's last loop (e.g. 4 of 32 steps at
+    # steps_per_loop 28) would end in a second evaluation a few steps after one.
+    loops = math.ceil(train_steps / max(1, self.steps_per_loop))
+    loop = max(1, math.ceil(train_steps / max(1, loops)))
     # Rounded up, so the last interval ends at train_steps (no extra eval).
     eval_interval = loop * max(1, math.ceil(train_steps / max(1, self.evals) / loop))
     checkpoint_interval = (loop * max(1, math.ceil(self.checkpoint_every_steps / loop))
@@ -115,6 +138,18 @@ class Optimizer:
   cosine decay lasts exactly the run's train_steps, so the schedule ends at
   the last step actually run (the original code's ended early and trained
   its tail at lr 0).
+
+  Args:
+    name: 'adamw', 'adam' or 'sgd' (with momentum).
+    learning_rate: the peak learning rate, reached at the end of warmup.
+    warmup_steps: steps of linear warmup from 0.
+    decay: 'cosine', 'piecewise' or 'constant', after the warmup.
+    weight_decay: decoupled weight decay rate (adamw only).
+    weight_decay_on: regexes of the variables to decay; None: all.
+    clipnorm: clip the global gradient norm to this; None: no clipping.
+    momentum: momentum of 'sgd'.
+    piecewise_boundaries: fractions of the run where 'piecewise' steps down.
+    piecewise_multipliers: learning rate multipliers, one more than boundaries.
   """
 
   def __init__(self,
@@ -195,6 +230,15 @@ class Runtime:
   (see AUTO_NUMERICS); an explicit value wins: None, 'bfloat16' or 'float16',
   and True or False. After construction both attributes hold the resolved,
   concrete values, so every reader sees what the run really uses.
+
+  Args:
+    distribution_strategy: 'auto', 'one_device', 'mirrored', 'multi_worker_mirrored' or 'tpu'.
+    tpu: TPU address or name; None: no TPU.
+    num_gpus: GPUs to use; None: every visible GPU.
+    mixed_precision: 'auto' (per device), None (float32), 'bfloat16' or 'float16'.
+    xla: compile steps with XLA; None: per device.
+    deterministic: make TF ops deterministic (reproducible, slower).
+    intra_op_threads: threads per op; None: TF's default (set by `fmx grid --parallel`).
   """
 
   # (xla, mixed_precision) that 'auto' means on each kind of device. TPUs
