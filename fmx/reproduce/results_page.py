@@ -50,8 +50,9 @@ from fmx.reproduce import studies as studies_lib
 from fmx.reproduce.studies import Cell, Plan, Study
 
 METRICS = ('top1', 'agreement', 'kl')
+DISCUSSION = 'results_discussion.md'  # hand-written, beside the page
 _TITLES = {'top1': 'student test top-1 %', 'agreement': 'agreement %',
-           'kl': 'KL(teacher || student)'}
+           'kl': 'KL(teacher ‖ student)'}
 
 
 def final_metrics(run_dir: str) -> Dict[str, Optional[float]]:
@@ -106,7 +107,7 @@ def cell_stats(cell: Cell, grid_axes) -> dict:
                                runs)
     best = max(candidates, key=lambda v: candidates[v][0]) if candidates else None
     stats.update(runs=candidates[best][1] if candidates else [], tuned=best,
-                 candidates={repr(v): c[0] for v, c in candidates.items()})
+                 candidates={repr(v): _finite(c[0]) for v, c in candidates.items()})
   finals = [final_metrics(r) for r in stats['runs']]
   for metric in METRICS + ('train_loss',):
     stats[metric] = [f[metric] for f in finals if f[metric] is not None]
@@ -119,7 +120,9 @@ def study_stats(study: Study, grid_axes) -> dict:
   tests = {}
   for a, b in study.comparisons:
     for metric in METRICS:
-      tests[(a, b, metric)] = compare.welch_test(cells[a][metric], cells[b][metric])
+      if cells[a][metric] and cells[b][metric]:  # labels only: no agreement, KL
+        tests[(a, b, metric)] = compare.welch_test(cells[a][metric],
+                                                   cells[b][metric])
   return {'cells': cells, 'tests': tests}
 
 
@@ -175,8 +178,9 @@ def study_section(study: Study, stats: Optional[dict], plan: Plan,
     for (a, b, metric), (t, p) in stats['tests'].items():
       mean_a = np.mean(stats['cells'][a][metric]) if stats['cells'][a][metric] else math.nan
       mean_b = np.mean(stats['cells'][b][metric]) if stats['cells'][b][metric] else math.nan
-      scale = 1 if metric == 'kl' else 100
-      rows.append([f'{a} vs {b}', metric, f'{scale * (mean_a - mean_b):+.4g}',
+      difference = (f'{mean_a - mean_b:+.4f}' if metric == 'kl'
+                    else f'{100 * (mean_a - mean_b):+.2f} pt')
+      rows.append([f'{a} vs {b}', metric, difference,
                    f'{t:.3g}', f'{p:.3g}',
                    'yes' if p < studies_lib.ALPHA else 'no' if not math.isnan(p) else '-'])
     lines += _table(['comparison', 'metric', 'difference (a - b)', 't', 'p',
@@ -276,9 +280,12 @@ def write_page(plan: Plan, study_list: Sequence[Study],
              if os.path.exists(os.path.join(studies_lib.TEACHER_RUN, RESULTS_FILE))
              else None)
   sections, claims, record = [], [], {'studies': [], 'runs': {}}
+  headline = None
   for study in study_list:
     missing = study.missing()
     stats = None if missing else study_stats(study, grid_axes)
+    if study.number == 1 and stats:
+      headline = _headline(plan, stats, teacher)
     figure = None
     if stats and any(s['runs'] for s in stats['cells'].values()):
       path = os.path.join(figures, f'study{study.number}.png')
@@ -291,7 +298,7 @@ def write_page(plan: Plan, study_list: Sequence[Study],
         'status': f'not run: {missing}' if missing else 'run',
         'cells': ({label: _jsonable_cell(s) for label, s in stats['cells'].items()}
                   if stats else {}),
-        'tests': ([{'a': a, 'b': b, 'metric': m, 't': t, 'p': p}
+        'tests': ([{'a': a, 'b': b, 'metric': m, 't': _finite(t), 'p': _finite(p)}
                    for (a, b, m), (t, p) in stats['tests'].items()] if stats else []),
         'claims': [dict(zip(('study', 'claim', 'paper', 'measured', 'agrees'), row))
                    for row in claim_rows(study, stats, missing)]})
@@ -300,21 +307,51 @@ def write_page(plan: Plan, study_list: Sequence[Study],
         record['runs'][run] = final_metrics(run)
   record['teacher'] = teacher
   record['timing'] = timing
+  record['headline'] = headline
   header = _page_header(plan, teacher, timing)
+  if headline:
+    header[1:1] = ['', f'**Headline**: {headline}']
   claims_table = (['## The paper\'s claims, as measured here', ''] +
                   _table(['study', 'claim in the paper', "paper's result",
                           "fmx's measured result", 'agrees?'], claims) + [''])
   with open(plan.page, 'w') as f:
-    f.write('\n'.join(header + claims_table + sections))
+    f.write('\n'.join(header + claims_table + sections + _discussion(folder)))
   with open(os.path.join(folder, 'results.json'), 'w') as f:
-    json.dump(record, f, indent=1, sort_keys=True, default=_json_default)
+    json.dump(record, f, indent=1, sort_keys=True, allow_nan=False)
   return record
 
 
-def _json_default(value):
-  if isinstance(value, float) and math.isnan(value):
+def _discussion(folder: str) -> List[str]:
+  """The hand-written reading of the results (why fmx disagrees where it
+  does), kept in its own file so that regenerating the page never loses it."""
+  path = os.path.join(folder, DISCUSSION)
+  if not os.path.exists(path):
+    return ['## Discussion', '', f'(Not written yet: put it in {path}; the '
+            'page includes that file verbatim.)', '']
+  with open(path) as f:
+    return ['## Discussion', '', f.read()]
+
+
+def _finite(value: float) -> Optional[float]:
+  """JSON has no NaN: an undefined test statistic is null."""
+  return None if math.isnan(value) else value
+
+
+def _headline(plan: Plan, stats: dict, teacher: Optional[dict]) -> Optional[str]:
+  """One line for the README: distilled vs label-trained at 200 images."""
+  size = 200 if 200 in plan.sizes else plan.sizes[0]
+  distilled = stats['cells'].get(f'function matching, {size} images', {}).get('top1')
+  labels = stats['cells'].get(f'labels only, {size} images', {}).get('top1')
+  if not distilled or not labels:
     return None
-  return str(value)
+  _, p = compare.welch_test(distilled, labels)
+  teacher_text = f', teacher {100 * teacher["top1"]:.1f}%' if teacher else ''
+  return (f'distilled by function matching on {size} MNIST images without '
+          'their labels, a 4x smaller student reaches '
+          f'{100 * np.mean(distilled):.1f}% test top-1, against '
+          f'{100 * np.mean(labels):.1f}% for the same student trained on the '
+          f'labels{teacher_text} (means of {len(distilled)} and {len(labels)} '
+          f"seeds, Welch's p = {p:.2g}).")
 
 
 def _page_header(plan: Plan, teacher: Optional[dict], timing: Optional[dict]) -> List[str]:

@@ -12,6 +12,7 @@ import dataclasses
 import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from fmx import compare
 from fmx.errors import UserError
 
 TEACHER_RUN = 'runs/reproduce/teacher'  # gin/reproduce/distillation.gin's
@@ -142,7 +143,8 @@ def _mean(stats, cell, metric='top1'):
 
 
 def _p(stats, a, b, metric='top1'):
-  return stats['tests'].get((a, b, metric), (math.nan, math.nan))[1]
+  return compare.welch_test(stats['cells'][a].get(metric) or [],
+                            stats['cells'][b].get(metric) or [])[1]
 
 
 def better(a: str, b: str, metric: str = 'top1', higher: bool = True):
@@ -152,9 +154,9 @@ def better(a: str, b: str, metric: str = 'top1', higher: bool = True):
     mean_a, mean_b, p = _mean(stats, a, metric), _mean(stats, b, metric), _p(stats, a, b, metric)
     if math.isnan(mean_a) or math.isnan(mean_b):
       return 'not measured', 'not run'
-    scale, unit = (100, ' pt') if metric in ('top1', 'agreement') else (1, '')
-    diff = (mean_a - mean_b) * scale
-    measured = f'{a} - {b}: {diff:+.2f}{unit} {metric} (p = {p:.3g})'
+    diff = mean_a - mean_b
+    measured = f'{a} - {b}: ' + (f'{diff:+.4f} KL' if metric == 'kl' else
+                                 f'{100 * diff:+.2f} pt {metric}') + f' (p = {p:.3g})'
     if math.isnan(p) or p >= ALPHA:
       return measured, 'not resolved (p >= 0.05)'
     return measured, 'yes' if (diff > 0) == higher else 'no'
