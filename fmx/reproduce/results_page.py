@@ -2,32 +2,36 @@
 
 Size and time plan (`make reproduce`, 2-core CPU, estimated before running)
 -------------------------------------------------------------------------
-Per-run cost on a quiet machine, from the issue's pilot table (one 469-step
-run: 25-65 s) and three pilot runs of this branch on a machine shared with 7
-other helpers (load average ~10, so wall times were 3-5x their CPU times;
-the CPU times are used): a demo-teacher run of 113 steps took 41 CPU-s, a
-function-matching run of 94 steps 31 CPU-s, a label-trained student run of
-188 steps ~25 CPU-s. Modelled as ~15 s per run (start-up, tracing, 5 evals)
-plus 0.10 s per function-matching step, 0.09 for the other teaching modes and
-0.05 for a label-trained step:
+Two estimates, since the pilots ran on a machine shared with 7 other helpers
+(load average ~10: wall times were 4-5x the CPU times, so only CPU times are
+usable). Pilots (CPU seconds, user + sys, start-up included): demo teacher
+113 steps 40.7 s; function matching 94 steps 30.7 s; label-trained student
+188 steps 27.0 s. With ~12 s of start-up per run that is 0.25 / 0.20 / 0.08
+CPU-s per step, inflated by the contention. The issue's pilot table, taken
+on a quieter machine, gives 25-65 s per 469-step run, i.e. ~15 s per run +
+0.10 s per function-matching step (0.09 other modes, 0.05 labels only).
 
-| study | new runs | estimate |
-|---|---|---|
-| teacher (demo teacher, 563 steps) | 1 | 3.5 min |
-| 1: function matching at 100/200/500/1,000 images, 469 steps | 12 | 12.5 min |
-| 1: labels only, same sets, 2 learning rates | 24 | 14 min |
-| 2: the three other ways to teach, 200 images, 300 epochs | 9 | 8.5 min |
-| 3: function matching and fixed teacher at 30/100/1,000 epochs | 18 | 22 min |
-| 4: MixUp reverse and folded Beta (roll/uniform shared) | 6 | 6 min |
-| 5: scikit-learn digits at 200 and 1,000 images | 6 | 6 min |
-| total (studies 6 and 7 not run) | 76 | ~73 min sequential |
-| 6: Shampoo, if it exists (~1.5x Adam per step, a guess) | 15 | +12 min |
+| part | new runs | (a) issue's pilots, 1 run at a time | (b) CPU-s of the pilots |
+|---|---|---|---|
+| teacher (demo teacher, 563 steps) | 1 | 3.5 min | 2.5 min |
+| 1: function matching, 100/200/500/1,000 images, 469 steps | 12 | 12.5 min | 21 min |
+| 1: labels only, same sets and steps, 2 learning rates | 24 | 14 min | 20 min |
+| 2: the other three ways to teach, 200 images, 300 epochs | 9 | 8.5 min | 14.5 min |
+| 3: function matching, fixed teacher at 30/100/1,000 epochs | 18 | 21.5 min | 37 min |
+| 4: MixUp reverse, folded Beta (roll/uniform shared) | 6 | 6 min | 10.5 min |
+| 5: scikit-learn digits at 200 and 1,000 images | 6 | 6 min | 10.5 min |
+| total (studies 6, 7 not run: features missing) | 76 | ~73 min wall | ~116 CPU-min |
 
-`make reproduce` runs two points at a time (`fmx grid --parallel 2`, one
-thread each), which on 2 cores should take less than the sequential figure.
+`make reproduce` runs two points at a time (`--parallel 2`, one thread
+each), so (b) becomes ~58 min of wall time on 2 cores, and (a), measured one
+run at a time on 2 threads, is an upper bound. Both are under 90 min; the
+study has not been run yet (the lead runs it), and the page states the time
+it measured. Study 6 (Shampoo), once it exists, adds 15 runs (~12 min if a
+Shampoo step costs 1.5x an Adam step, a guess).
+
 `make reproduce-quick` (studies 1 and 2 at 200 and 1,000 images, a quarter
-of the steps: 117 per run): teacher 3.5 + 6 x 0.5 + 12 x 0.35 + 9 x 0.45 min
-~ 15 min sequential. Measured times are written into the page.
+of the steps: 117 per run; 27 runs + the teacher): (a) ~15 min, (b) ~15
+CPU-min, ~8 min with --parallel 2. Under 20 min either way.
 
 What the page holds, per study: mean +/- sample standard deviation (n - 1)
 over seeds of the student's test top-1, its top-1 agreement with the teacher
