@@ -28,7 +28,7 @@ demo: $(VENV)/.installed
 
 # The paper's findings on real offline data: runs every study of
 # experiments/reproduce/ (resumable: rerun to continue), then writes
-# docs/results.md, docs/figures/*.png and docs/results.json. ~75 min on 2
+# docs/results.md, docs/figures/*.png and docs/results.json. 60-75 min on 2
 # cores (plan: fmx/reproduce/results_page.py). The quick subset (studies 1
 # and 2, a quarter of the steps, < 20 min) writes runs/reproduce-quick/results.md.
 REPRODUCE_PARALLEL ?= 2

@@ -51,7 +51,9 @@ class Grid:
   """
 
   def __init__(self, axes: Optional[Dict[str, Sequence]] = None):
-    self.axes = dict(axes or {})
+    # Linked keys spelled as `--axis` spells them, so that one overrides.
+    self.axes = {', '.join(linked_keys(key)): values
+                 for key, values in (axes or {}).items()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -152,7 +152,14 @@ def _commands(study: Study, plan: Plan) -> List[str]:
            f'(its grids resume, then the page is rewritten): '
            f'`python -m fmx.reproduce{" --quick" if target != "reproduce" else ""}'
            f' --studies {study.number}`. Its grids:', '']
-  lines += [f'    fmx grid --gin {g.gin} --root {g.root}' for g in study.grids]
+  for run in study.grids:
+    command = f'    fmx grid --gin {run.gin} --root {run.root}'
+    # A plan that changes a file's axes (the quick one) passes them along.
+    file_axes = grid.axes_from_files([run.gin])
+    for key, values in plan.axes(file_axes).items():
+      if values != file_axes[key]:
+        command += f' --axis "{key} = {values!r}"'
+    lines.append(command)
   return lines + ['']
 
 

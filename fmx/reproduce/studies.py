@@ -170,7 +170,9 @@ def every(*judges):
     verdicts = [v for _, v in results]
     verdict = ('yes' if all(v == 'yes' for v in verdicts) else
                'no' if any(v == 'no' for v in verdicts) else
-               'not run' if all(v == 'not run' for v in verdicts) else 'partly')
+               'not run' if all(v == 'not run' for v in verdicts) else
+               'partly' if any(v == 'yes' for v in verdicts) else
+               'not resolved (p >= 0.05)')
     return '; '.join(m for m, _ in results), verdict
   return judge
 
