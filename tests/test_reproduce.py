@@ -182,3 +182,42 @@ def test_every_point_of_the_runnable_grids_is_a_valid_config():
   import gin  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   assert checked >= 15
+
+
+def _stats(**cells):
+  return {'cells': {label: {'top1': values} for label, values in cells.items()},
+          'tests': {}}
+
+
+def test_claims_are_judged_by_welch_tests():
+  clear = _stats(a=[0.95, 0.96, 0.97], b=[0.90, 0.91, 0.90])
+  p = scipy_stats.ttest_ind([0.95, 0.96, 0.97], [0.90, 0.91, 0.90],
+                            equal_var=False).pvalue
+  measured, verdict = studies_lib.better('a', 'b')(clear)
+  assert verdict == 'yes' and f'+5.67 pt top1 (p = {p:.3g})' in measured
+  assert studies_lib.better('b', 'a')(clear)[1] == 'no'
+  assert studies_lib.same('a', 'b')(clear)[1] == 'no'
+  noisy = _stats(a=[0.95, 0.90, 0.99], b=[0.94, 0.97, 0.91])
+  assert studies_lib.better('a', 'b')(noisy)[1].startswith('not resolved')
+  assert studies_lib.same('a', 'b')(noisy)[1] == 'yes'
+  both = _stats(a=[0.95, 0.96, 0.97], b=[0.90, 0.91, 0.90],
+                c=[0.95, 0.90, 0.99], d=[0.94, 0.97, 0.91])
+  assert studies_lib.every(studies_lib.better('a', 'b'),
+                           studies_lib.better('c', 'd'))(both)[1] == 'partly'
+  assert studies_lib.every(studies_lib.better('a', 'b'),
+                           studies_lib.better('b', 'a'))(both)[1] == 'no'
+  assert studies_lib.better('a', 'z')(_stats(a=[1.0], z=[]))[1] == 'not run'
+  reach = _stats(**{'75': [0.90, 0.91], '150': [0.96, 0.97], 'adam': [0.95, 0.95]})
+  assert studies_lib.first_epochs_reaching(
+      [(75, '75'), (150, '150')], 'adam', 'top1')(reach) == (
+          'reached 95.00% top1 at 150 epochs (150)', 'yes')
+
+
+def test_reproduce_command_writes_the_page_from_what_exists(tmp_path, monkeypatch, capsys):
+  from fmx.reproduce.__main__ import main  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)  # the plan's paths are relative to where it runs
+  assert main(['--quick', '--page_only']) == 0
+  page = open(tmp_path / 'runs' / 'reproduce-quick' / 'results.md').read()
+  assert '| labels only, 200 images | 0 | - | - | - |' in page
+  assert main(['--studies', '9', '--page_only']) == 2
+  assert 'no study [9]' in capsys.readouterr().err
