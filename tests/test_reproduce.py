@@ -72,7 +72,9 @@ def _fake_run(folder, results, validation_top1=None):
     writer.flush()
 
 
-def test_results_page_on_fake_runs(tmp_path):
+def test_results_page_on_fake_runs(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # where the teacher run is looked for
+  _fake_run(studies_lib.TEACHER_RUN, {'top1': 0.9876})
   plan = studies_lib.Plan(root=str(tmp_path / 'runs'), sizes=(200, 1000),
                           numbers=(1, 2), page=str(tmp_path / 'docs' / 'results.md'))
   study_list = studies_lib.by_number(plan, plan.numbers)
@@ -149,6 +151,7 @@ def test_results_page_on_fake_runs(tmp_path):
   for number in (1, 2):
     assert os.path.getsize(tmp_path / 'docs' / 'figures' / f'study{number}.png') > 1000
   assert 'stray' not in json.dumps(on_disk['runs'])
+  assert f'| teacher ({studies_lib.TEACHER_RUN}) | 1 | 98.76 ± 0.00 | - | - |' in page
   assert math.isclose(on_disk['runs'][next(iter(written))]['top1'] or 0,
                       written[next(iter(written))].get('student_top1',
                                                        written[next(iter(written))].get('top1')))

@@ -109,7 +109,8 @@ def cell_stats(cell: Cell, grid_axes) -> dict:
         if runs:
           candidates[value] = (float(np.mean([_validation_top1(r) for r in runs])),
                                runs)
-    best = max(candidates, key=lambda v: candidates[v][0]) if candidates else None
+    best = (max(candidates, key=lambda v: np.nan_to_num(candidates[v][0], nan=-1.0))
+            if candidates else None)
     stats.update(runs=candidates[best][1] if candidates else [], tuned=best,
                  candidates={repr(v): _finite(c[0]) for v, c in candidates.items()})
   finals = [final_metrics(r) for r in stats['runs']]
@@ -164,7 +165,8 @@ def _commands(study: Study, plan: Plan) -> List[str]:
 
 
 def study_section(study: Study, stats: Optional[dict], plan: Plan,
-                  missing: Optional[str], figure: Optional[str]) -> List[str]:
+                  missing: Optional[str], figure: Optional[str],
+                  teacher: Optional[dict] = None) -> List[str]:
   lines = [f'## Study {study.number}: {study.title}', '', study.question, '']
   if missing:
     return lines + [f'**Not run**: {missing}. Its grid file(s) are written '
@@ -172,6 +174,9 @@ def study_section(study: Study, stats: Optional[dict], plan: Plan,
                     'runs them once the feature exists.', '']
   lines += _commands(study, plan)
   rows = []
+  if study.number == 1 and teacher:  # what the students are distilled from
+    rows.append([f'teacher ({studies_lib.TEACHER_RUN})', 1,
+                 format_mean_std([teacher['top1']], 'top1'), '-', '-'])
   for cell in study.cells:
     cell_stat = stats['cells'][cell.label]
     label = cell.label
@@ -187,8 +192,8 @@ def study_section(study: Study, stats: Optional[dict], plan: Plan,
               '"clear" means p < 0.05.', '']
     rows = []
     for (a, b, metric), (t, p) in stats['tests'].items():
-      mean_a = np.mean(stats['cells'][a][metric]) if stats['cells'][a][metric] else math.nan
-      mean_b = np.mean(stats['cells'][b][metric]) if stats['cells'][b][metric] else math.nan
+      mean_a = np.mean(stats['cells'][a][metric])
+      mean_b = np.mean(stats['cells'][b][metric])
       difference = (f'{mean_a - mean_b:+.4f}' if metric == 'kl'
                     else f'{100 * (mean_a - mean_b):+.2f} pt')
       rows.append([f'{a} vs {b}', metric, difference,
@@ -302,7 +307,7 @@ def write_page(plan: Plan, study_list: Sequence[Study],
       path = os.path.join(figures, f'study{study.number}.png')
       if plot_study(study, stats, plan, path):
         figure = os.path.relpath(path, folder)
-    sections += study_section(study, stats, plan, missing, figure)
+    sections += study_section(study, stats, plan, missing, figure, teacher)
     claims += claim_rows(study, stats, missing)
     record['studies'].append({
         'number': study.number, 'title': study.title,
