@@ -32,9 +32,8 @@ SIZES = (100, 200, 500, 1000)
 MODES = ('fixed_teacher', 'independent_noise', 'consistent', 'function_matching')
 PATIENCE_EPOCHS = (30, 100, 300, 1000)
 # Consistent teaching is left out of the patience study for time: its
-# 1000-epoch runs alone would cost ~9 min (docs/results.md, time plan).
+# 1000-epoch runs alone would cost ~9 min (time plan: fmx/reproduce/results_page.py).
 PATIENCE_MODES = ('function_matching', 'fixed_teacher')
-LABELS_LEARNING_RATES = (3e-3, 1e-2)
 # (label, (Data.mixup, augmentations.mixup_roll.coefficient)). A random
 # permutation partner (mixup_permute) is left out for time.
 MIXUP_ARMS = (('reverse, uniform', ('mixup_reverse', 'uniform')),
@@ -256,8 +255,8 @@ def studies(plan: Plan = FULL) -> List[Study]:
             tuple((f.label, l.label) for f, l in zip(sizes_fm, sizes_labels)),
             (Claim('A student distilled from a good teacher beats the same '
                    'student trained on labels',
-                   'yes on every dataset of the paper (e.g. ImageNet ResNet-50: '
-                   '82.8% distilled)',
+                   'yes, on every dataset (ImageNet ResNet-50: 82.8% top-1 '
+                   'distilled)',
                    every(*[better(f.label, l.label)
                            for f, l in zip(sizes_fm, sizes_labels)])),),
             figure='sizes'),
@@ -268,7 +267,7 @@ def studies(plan: Plan = FULL) -> List[Study]:
             tuple(modes),
             tuple((MODE_NAMES[fm], MODE_NAMES[m]) for m in MODES if m != fm),
             (Claim('Function matching gives the best student',
-                   'function matching best on all datasets (Figure 3)',
+                   'function matching best (the Figure 3 study)',
                    every(*[better(MODE_NAMES[fm], MODE_NAMES[m])
                            for m in MODES if m != fm])),
              Claim('Function matching matches the teacher most closely (lower KL)',
@@ -276,7 +275,7 @@ def studies(plan: Plan = FULL) -> List[Study]:
                    every(*[better(MODE_NAMES[fm], MODE_NAMES[m], 'kl', higher=False)
                            for m in MODES if m != fm])),
              Claim('The fixed teacher is the worst way to teach',
-                   'fixed teacher worst, it overfits (Figure 3)',
+                   'fixed teacher worst: it overfits (the Figure 3 study)',
                    every(*[better(MODE_NAMES[m], MODE_NAMES['fixed_teacher'])
                            for m in MODES if m != 'fixed_teacher'])))),
       Study(3, 'Patience',
@@ -289,16 +288,16 @@ def studies(plan: Plan = FULL) -> List[Study]:
                   for m in PATIENCE_MODES) +
             ((f'function matching, {last} epochs', f'fixed teacher, {last} epochs'),),
             (Claim('Function matching keeps improving with longer schedules',
-                   'still improving after 1,000s of epochs (Figures 4, 5)',
+                   'keeps improving over thousands of epochs',
                    better(f'function matching, {last} epochs',
                           'function matching, 300 epochs')),
              Claim('The fixed teacher stops improving (overfits) on long schedules',
                    'fixed teacher overfits: its test accuracy falls while its '
-                   'training loss keeps falling (Figure 3)',
+                   'training loss keeps falling',
                    better('fixed teacher, 300 epochs', f'fixed teacher, {last} epochs',
                           higher=True)),
              Claim('On long schedules function matching beats the fixed teacher',
-                   'yes (Figure 3)',
+                   'yes',
                    better(f'function matching, {last} epochs',
                           f'fixed teacher, {last} epochs'))),
             figure='patience'),
@@ -328,7 +327,7 @@ def studies(plan: Plan = FULL) -> List[Study]:
              ('MNIST, 1000 images', 'scikit-learn digits (unlabeled), 1000 images'),
              ('scikit-learn digits (unlabeled), 200 images', 'labels only, 200 images')),
             (Claim('In-domain distillation data is better than out-of-domain data',
-                   'yes: out-of-domain images transfer less (Section 4.5)',
+                   'yes: out-of-domain images transfer less',
                    every(better('MNIST, 200 images',
                                 'scikit-learn digits (unlabeled), 200 images'),
                          better('MNIST, 1000 images',
@@ -344,7 +343,7 @@ def studies(plan: Plan = FULL) -> List[Study]:
             tuple(optimisers),
             tuple((f'Shampoo, {e} epochs', f'Adam, {e} epochs') for e in shampoo_epochs),
             (Claim("Shampoo reaches Adam's final agreement about 4x faster",
-                   'about 4x fewer steps (Section 4.6)',
+                   'about 4x fewer steps',
                    first_epochs_reaching(
                        [(e, f'Shampoo, {e} epochs') for e in shampoo_epochs],
                        f'Adam, {shampoo_epochs[-1]} epochs')),),
