@@ -256,6 +256,9 @@ def plot_study(study: Study, stats: dict, plan: Plan, path: str) -> Optional[str
                 title='Study 3: patience')
     axes[1].set(xscale='log', yscale='log', xlabel='epochs',
                 ylabel='final training loss', title='training loss')
+    for axis in axes:
+      axis.set_xticks(studies_lib.PATIENCE_EPOCHS,
+                      [str(e) for e in studies_lib.PATIENCE_EPOCHS])
   else:  # the cells' validation curves, mean over seeds, by fmx compare
     groups = {label: compare.summarize_runs(s['runs'])
               for label, s in stats['cells'].items() if s['runs']}
