@@ -11,7 +11,7 @@ decoded-JPEG datasets, hence opt-in (`Data.check_held_out = True`).
 """
 
 import hashlib
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -38,9 +38,12 @@ def image_digests(source: Source, batch_size: int = 1024) -> Dict[bytes, int]:
   return digests
 
 
-def shared_images(source: Source, test: Source) -> List[Tuple[int, int]]:
+def shared_images(source: Source, test: Source,
+                  test_digests: Optional[Dict[bytes, int]] = None
+                  ) -> List[Tuple[int, int]]:
   """(position in source, position in test) of every image both hold."""
-  test_digests = image_digests(test)
+  if test_digests is None:
+    test_digests = image_digests(test)
   return sorted((position, test_digests[digest])
                 for digest, position in image_digests(source).items()
                 if digest in test_digests)
@@ -49,8 +52,9 @@ def shared_images(source: Source, test: Source) -> List[Tuple[int, int]]:
 def check_held_out(sources: Mapping[str, Source]) -> None:
   """Raises UserError if the 'test' source shares an image with 'train' or 'eval'."""
   test = sources['test']
+  test_digests = image_digests(test)
   for which in LEARNED_FROM:
-    shared = shared_images(sources[which], test)
+    shared = shared_images(sources[which], test, test_digests)
     if shared:
       examples = ', '.join(f'{which} #{i} = test #{j}' for i, j in shared[:3])
       raise UserError(
