@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test install clean-runs bazel-test
+.PHONY: demo test install clean-runs bazel-test reproduce reproduce-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,18 @@ install: $(VENV)/.installed
 # distills the student and prints the comparison table.
 demo: $(VENV)/.installed
 	$(BIN)/fmx run --gin experiments/demo.gin
+
+# The paper's findings on real offline data: runs every study of
+# experiments/reproduce/ (resumable: rerun to continue), then writes
+# docs/results.md, docs/figures/*.png and docs/results.json. 60-75 min on 2
+# cores (plan: fmx/reproduce/results_page.py). The quick subset (studies 1
+# and 2, a quarter of the steps, < 20 min) writes runs/reproduce-quick/results.md.
+REPRODUCE_PARALLEL ?= 2
+reproduce: $(VENV)/.installed
+	$(BIN)/python -m fmx.reproduce --parallel $(REPRODUCE_PARALLEL)
+
+reproduce-quick: $(VENV)/.installed
+	$(BIN)/python -m fmx.reproduce --quick --parallel $(REPRODUCE_PARALLEL)
 
 # Two pytest workers, one test file each at a time: a single pytest process
 # kept only about one of the two cores busy (TF's small ops leave gaps).

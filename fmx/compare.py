@@ -60,16 +60,46 @@ def read_curve(run_dir: str, tag: str, subdir: str = 'validation') -> Tuple[np.n
   return steps[order], values[order]
 
 
+def read_results(run_dir: str) -> dict:
+  """A finished run's results.json."""
+  with open(os.path.join(run_dir, RESULTS_FILE)) as f:
+    return json.load(f)
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+  """Mean and sample standard deviation (n - 1; 0 for a single value)."""
+  values = np.asarray(values, np.float64)
+  return (float(values.mean()),
+          float(values.std(ddof=1)) if values.size > 1 else 0.0)
+
+
+def welch_test(a: Sequence[float], b: Sequence[float]) -> Tuple[float, float]:
+  """(t, two-sided p) of Welch's t-test of mean(a) = mean(b) (unequal variances).
+
+  NaN when either side has fewer than 2 values, or both have none spread.
+  """
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+    return float('nan'), float('nan')
+  result = stats.ttest_ind(a, b, equal_var=False)
+  return float(result.statistic), float(result.pvalue)
+
+
 def summarize(folders: Sequence[str]) -> Dict[str, dict]:
   """group -> {'runs': [...], 'final': {metric: [values]}, 'best': {...}}."""
-  groups: Dict[str, dict] = collections.OrderedDict()
+  runs_by_group: Dict[str, List[str]] = collections.OrderedDict()
   for run_dir in find_runs(folders):
-    with open(os.path.join(run_dir, RESULTS_FILE)) as f:
-      results = json.load(f)
-    group = groups.setdefault(group_name(run_dir), {
-        'runs': [], 'final': collections.defaultdict(list),
-        'best': collections.defaultdict(list)})
-    group['runs'].append(run_dir)
+    runs_by_group.setdefault(group_name(run_dir), []).append(run_dir)
+  return collections.OrderedDict(
+      (name, summarize_runs(runs)) for name, runs in runs_by_group.items())
+
+
+def summarize_runs(run_dirs: Sequence[str]) -> dict:
+  """One group's {'runs', 'final': {metric: [values]}, 'best': {tag: [values]}}."""
+  group = {'runs': list(run_dirs), 'final': collections.defaultdict(list),
+           'best': collections.defaultdict(list)}
+  for run_dir in run_dirs:
+    results = read_results(run_dir)
     for metric in FINAL:
       if metric in results:
         group['final'][metric].append(results[metric])
@@ -77,7 +107,7 @@ def summarize(folders: Sequence[str]) -> Dict[str, dict]:
       _, values = read_curve(run_dir, metric)
       if values.size:
         group['best'][metric].append(float(values.max()))
-  return groups
+  return group
 
 
 def _mean_std(values: List[float]) -> str:

@@ -7,7 +7,12 @@ A grid is a base gin file plus axes, each a gin key and a list of values:
         --axis "Training.seed = [0, 1, 2]"
 
 or a gin file that includes its base and declares `Grid.axes` (see
-experiments/ablations/). Every point runs as its own `fmx run` process in
+experiments/ablations/). An axis may name several keys, separated by commas,
+that vary together (one value tuple per point): e.g. a distillation set and
+the epochs that give every set size the same number of steps,
+
+    --axis "Data.train_split, Training.epochs = [('train[:100]', 600), ('train[:1000]', 60)]"
+ Every point runs as its own `fmx run` process in
 ROOT/<point name>, with its output in ROOT/<point name>/log.txt, so a point
 that fails does not stop the others, and rerunning the grid skips finished
 points (those with results.json) and resumes unfinished ones from their
@@ -49,12 +54,16 @@ def logged_metrics(task: str):
 class Grid:
   """Axes declared in a gin file: {'Data.mixup': ['mixup_roll', ...], ...}.
 
+  A key 'A, B' is a linked axis: its values are (value of A, value of B).
+
   Args:
     axes: gin key -> the values the grid runs, one run per combination.
   """
 
   def __init__(self, axes: Optional[Dict[str, Sequence]] = None):
-    self.axes = dict(axes or {})
+    # Linked keys spelled as `--axis` spells them, so that one overrides.
+    self.axes = {', '.join(linked_keys(key)): values
+                 for key, values in (axes or {}).items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,22 +86,61 @@ class Point:
 def parse_axis(text: str) -> Dict[str, list]:
   """"KEY = [v1, v2]" -> {KEY: [v1, v2]} (values as Python/gin literals)."""
   key, sep, values = text.partition('=')
-  key = key.strip()
+  key = ', '.join(k.strip() for k in key.split(','))
   try:
     parsed = ast.literal_eval(values.strip()) if sep else None
   except (ValueError, SyntaxError):
     parsed = None
-  if not re.fullmatch(r'[\w./]+', key) or not isinstance(parsed, (list, tuple)) \
-      or not parsed:
+  if not all(re.fullmatch(r'[\w./]+', k) for k in linked_keys(key)) \
+      or not isinstance(parsed, (list, tuple)) or not parsed:
     raise UserError(f"--axis {text!r} is not of the form \"KEY = [v1, v2, ...]\" "
-                    "with Python literals (quote strings: ['mixup_roll']).")
-  return {key: list(parsed)}
+                    "(or \"KEY1, KEY2 = [(v1, w1), (v2, w2)]\") with Python "
+                    "literals (quote strings: ['mixup_roll']).")
+  axes = {key: list(parsed)}
+  check_axes(axes)
+  return axes
+
+
+def linked_keys(axis: str) -> List[str]:
+  """The gin keys an axis sets: ['A', 'B'] for the linked axis 'A, B'."""
+  return [key.strip() for key in axis.split(',')]
+
+
+def check_axes(axes: Dict[str, Sequence]) -> None:
+  """Every value of a linked axis holds one value per key."""
+  for axis, values in axes.items():
+    keys = linked_keys(axis)
+    if len(keys) == 1:
+      continue
+    wrong = [v for v in values
+             if not isinstance(v, (list, tuple)) or len(v) != len(keys)]
+    if wrong:
+      raise UserError(f'grid axis {axis!r} sets {len(keys)} keys together, so '
+                      f'each of its values is a tuple of {len(keys)} values; '
+                      f'{wrong[0]!r} is not.')
 
 
 def points(axes: Dict[str, Sequence]) -> List[Point]:
-  keys = list(axes)
-  return [Point(dict(zip(keys, combo)))
-          for combo in itertools.product(*(axes[k] for k in keys))]
+  check_axes(axes)
+  result = []
+  for combo in itertools.product(*axes.values()):
+    values = {}
+    for axis, value in zip(axes, combo):
+      keys = linked_keys(axis)
+      values.update(zip(keys, value) if len(keys) > 1 else [(axis, value)])
+    result.append(Point(values))
+  return result
+
+
+def key_values(axes: Dict[str, Sequence]) -> Dict[str, list]:
+  """Each gin key -> its distinct values, linked axes split into their keys."""
+  values: Dict[str, list] = {}
+  for point in points(axes):
+    for key, value in point.values.items():
+      known = values.setdefault(key, [])
+      if value not in known:
+        known.append(value)
+  return values
 
 
 def axes_from_files(gin_files: Sequence[str]) -> Dict[str, list]:
@@ -209,7 +257,7 @@ def write_hparams_config(root: str, axes: Dict[str, Sequence],
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
   hparams = [hp.HParam(key, hp.Discrete([_hparam_value(v) for v in values]))
-             for key, values in axes.items()]
+             for key, values in key_values(axes).items()]
   metrics = [hp.Metric(tag, group=group, display_name=f'{group}/{tag}')
              for group, tag in logged_metrics(task)]
   with tf.summary.create_file_writer(root).as_default():

@@ -157,6 +157,7 @@ def _iterated(entry, **kwargs):
 
 SOURCE_MAKERS = {
     'mnist_embedded': _iterated('mnist_embedded', split='test[:40]'),
+    'sklearn_digits': _iterated('sklearn_digits', split='test[:40]'),
     'tfds': _tfds_maker('tfds'),
     'oxford_flowers102': _tfds_maker('oxford_flowers102'),
     'oxford_iiit_pet': _tfds_maker('oxford_iiit_pet'),

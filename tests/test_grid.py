@@ -27,6 +27,24 @@ def test_axis_parsing_and_point_names():
     grid.parse_axis('Data.mixup = mixup_roll')
 
 
+def test_linked_axes_vary_their_keys_together():
+  axes = grid.parse_axis(
+      "Data.train_split,Training.epochs = [('train[:100]', 600), ('train[:1000]', 60)]")
+  axes.update(grid.parse_axis('Training.seed = [0, 1]'))
+  points = grid.points(axes)
+  assert [p.values for p in points] == [
+      {'Data.train_split': s, 'Training.epochs': e, 'Training.seed': seed}
+      for s, e in [('train[:100]', 600), ('train[:1000]', 60)] for seed in (0, 1)]
+  assert points[2].name == 'train_split=train_1000,epochs=60,seed=0'
+  assert points[2].bindings == ["Data.train_split = 'train[:1000]'",
+                                'Training.epochs = 60', 'Training.seed = 0']
+  assert grid.key_values(axes) == {'Data.train_split': ['train[:100]', 'train[:1000]'],
+                                   'Training.epochs': [600, 60],
+                                   'Training.seed': [0, 1]}
+  with pytest.raises(UserError, match="sets 2 keys together.*'train\\[:100\\]' is not"):
+    grid.parse_axis("Data.train_split, Training.epochs = ['train[:100]']")
+
+
 def _hparams_of(folder):
   """The hparams a run folder's events record, read with TensorBoard's reader."""
   accumulator = event_accumulator.EventAccumulator(folder)

@@ -1,5 +1,7 @@
 """Each way to teach gives teacher and student exactly the documented inputs."""
 
+import os
+
 import gin
 import numpy as np
 import pytest
@@ -77,6 +79,36 @@ def test_fixed_teacher_outputs_are_cached_on_disk(trained_teacher, tmp_path):
   gin.clear_config()
   _step(trained_teacher[0], tmp_path, 'fixed_teacher')  # reuses, not rewrites
   assert cached[0].stat().st_mtime_ns == stamp
+
+
+def test_fixed_teacher_cache_survives_a_concurrent_writer(trained_teacher, tmp_path,
+                                                         monkeypatch):
+  """Two processes (seeds of one cell, `fmx grid --parallel 2`) write the same
+  cache at once: here the other one writes and renames between this one's
+  write and its rename."""
+  task, _, _, _ = _step(trained_teacher[0], tmp_path, 'consistent')
+  cache, real_rename, others = str(tmp_path / 'shared'), tf.io.gfile.rename, []
+
+  def outputs():
+    return teaching.fixed_teacher_outputs(task.teacher, task.data,
+                                          task.sources['train'], 'teacher', cache)
+
+  def rename_after_another_writer(source, target, overwrite=False):
+    if not others:
+      others.append(222)
+      monkeypatch.setattr(os, 'getpid', lambda: 222)
+      outputs()  # the other process, start to end
+      monkeypatch.setattr(os, 'getpid', lambda: 111)
+    real_rename(source, target, overwrite=overwrite)
+
+  monkeypatch.setattr(os, 'getpid', lambda: 111)
+  monkeypatch.setattr(tf.io.gfile, 'rename', rename_after_another_writer)
+  first = outputs()
+  monkeypatch.undo()
+  assert others  # the other writer did run in between
+  np.testing.assert_array_equal(outputs(), first)  # read back from the cache
+  assert [p.name for p in (tmp_path / 'shared').iterdir()
+          if p.suffix == '.npy'] and not list((tmp_path / 'shared').glob('*.tmp'))
 
 
 def test_unknown_mode_is_a_user_error():

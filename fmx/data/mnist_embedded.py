@@ -11,7 +11,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from fmx.data.source import Source, slice_bounds
+from fmx.data.source import Source, slice_bounds, stratified_split
 from fmx.registry import DATASETS
 
 _TEST_PER_CLASS = 100
@@ -47,15 +47,7 @@ def _parsed():
 @functools.lru_cache(maxsize=1)
 def _load_arrays():
   images, labels = _parsed()
-  # A fixed stratified split: the last 100 images of every class are the test
-  # set. Fixed permutations interleave the classes in both splits, so that a
-  # slice such as train[90%:] or test[:100] holds every class.
-  test = np.concatenate(
-      [np.flatnonzero(labels == c)[-_TEST_PER_CLASS:] for c in range(10)])
-  train = np.setdiff1d(np.arange(len(labels)), test)
-  train = np.random.RandomState(0).permutation(train)
-  test = np.random.RandomState(1).permutation(test)
-  return images, labels, {'train': train, 'test': test}
+  return images, labels, stratified_split(labels, _TEST_PER_CLASS)
 
 
 @DATASETS.register(denylist=('split',))

@@ -80,7 +80,8 @@ class Data:
                value_range: Sequence[float] = (0.0, 1.0),
                shuffle_buffer: int = 10_000,
                cache: str = 'auto',
-               skip_corrupt: bool = False):
+               skip_corrupt: bool = False,
+               check_held_out: bool = False):
     self.train_dataset = train_dataset
     self.eval_dataset = eval_dataset
     self.image_size = image_size
@@ -106,6 +107,9 @@ class Data:
       raise UserError(f"Data.cache = {cache!r}; use 'auto', 'memory' or 'none'.")
     self.cache = cache
     self.skip_corrupt = bool(skip_corrupt)
+    # Compare the test images with the training and validation images at
+    # start-up (fmx.data.held_out); reads every image once.
+    self.check_held_out = bool(check_held_out)
 
   def source(self, which: str) -> Source:
     """The 'train', 'eval' (periodic validation) or 'test' (final) split."""

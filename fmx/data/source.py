@@ -10,8 +10,9 @@ Entries that decode images themselves also accept `skip_corrupt` (set by
 
 import dataclasses
 import re
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from fmx.data.decoding import CorruptRecords
@@ -101,3 +102,17 @@ def slice_bounds(split: str, sizes: dict) -> Tuple[str, int, int]:
     raise UserError(f'split {split!r} selects no examples ({size} in '
                     f'{match["name"]!r}); check the slice bounds.')
   return match['name'], start, stop
+
+
+def stratified_split(labels: np.ndarray, test_per_class: int) -> Dict[str, np.ndarray]:
+  """{'train', 'test'}: indices of a fixed split, the same on every machine.
+
+  The last `test_per_class` examples of every class are the test set. Fixed
+  permutations interleave the classes in both splits, so that a slice such
+  as train[90%:] or test[:100] holds every class.
+  """
+  test = np.concatenate([np.flatnonzero(labels == c)[-test_per_class:]
+                         for c in np.unique(labels)])
+  train = np.setdiff1d(np.arange(len(labels)), test)
+  return {'train': np.random.RandomState(0).permutation(train),
+          'test': np.random.RandomState(1).permutation(test)}

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tf_keras
 from official.core import base_task
 
+from fmx.data import held_out
 from fmx.data.pipeline import Data
 from fmx.data.source import Source
 from fmx.registry import BACKBONES
@@ -41,6 +42,8 @@ class FmxTask(base_task.Task):
     # before any model is built or anything is written.
     self.sources = {which: self.data.source(which)
                     for which in ('train', EVAL_SPLIT, TEST_SPLIT)}
+    if self.data.check_held_out:
+      held_out.check_held_out(self.sources)
 
   @property
   def num_classes(self) -> int:

@@ -101,9 +101,12 @@ def fixed_teacher_outputs(teacher, data: Data, source: Source, teacher_id: str,
                     f'{source.num_examples} it declares; cannot cache teacher '
                     'outputs for fixed_teacher.')
   tf.io.gfile.makedirs(cache_dir)
-  with tf.io.gfile.GFile(path + '.tmp', 'wb') as f:
+  # A temporary file of this process's own: grid points run in parallel
+  # (the seeds of one cell) compute the same cache at the same time.
+  tmp = f'{path}.{os.getpid()}.tmp'
+  with tf.io.gfile.GFile(tmp, 'wb') as f:
     np.save(f, logits.astype(np.float32))
-  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
   with tf.io.gfile.GFile(path + '.json', 'w') as f:
     f.write(key)
   return logits
