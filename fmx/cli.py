@@ -136,9 +136,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _list(args) -> None:
   kind = args.kind
-  from fmx import registry  # pylint: disable=g-import-not-at-top
+  from fmx import entries, registry  # pylint: disable=g-import-not-at-top
   from fmx.errors import UserError  # pylint: disable=g-import-not-at-top
-  registry.load_all_entries()
+  entries.load_all()
   if kind and kind not in registry.ALL:
     raise UserError(f'unknown registry kind {kind!r}; use one of '
                     f'{", ".join(registry.ALL)}.')

@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import gin
 
-from fmx import registry
+from fmx import entries
 from fmx.errors import UserError
 
 # gin appends the location of a bad binding as `In file "f.gin", line 3`.
@@ -29,7 +29,7 @@ def repo_root() -> str:
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
   """Clears gin and parses files then bindings; UserError on any mistake."""
-  registry.load_all_entries()  # gin knows a configurable only once imported
+  entries.load_all()  # gin knows a configurable only once imported
   gin.clear_config()
   gin_files = [resolve(f) for f in gin_files]
   for path in {os.getcwd(), repo_root()} | {os.path.dirname(f) for f in gin_files}:
