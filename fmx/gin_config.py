@@ -13,7 +13,8 @@ from typing import List, Optional, Sequence, Tuple
 import gin
 
 from fmx import entries
-from fmx.errors import UserError
+from fmx.errors import StopRun, UserError
+from fmx.registry import UnknownEntryError
 
 # gin appends the location of a bad binding as `In file "f.gin", line 3`.
 _LOCATION = re.compile(r'In (?:file|bindings string) "?([^",]*)"?, line (\d+)')
@@ -84,6 +85,25 @@ def describe_gin_error(error: Exception) -> str:
   else:
     advice = 'Fix the binding'
   return f'gin error in {where}: {message}. {advice}.'
+
+
+def user_message(error: Exception) -> Optional[str]:
+  """The one paragraph shown for an fmx error; None for anything else (a bug).
+
+  A StopRun's message without gin's call trail, with the file and line of an
+  unknown registry name; gin's 'Required bindings' error as its paragraph.
+  The command line prints it; fmx.api raises it.
+  """
+  if not isinstance(error, StopRun):
+    return describe_missing_required(error) if isinstance(error, RuntimeError) else None
+  # gin appends "In call to configurable ..." to errors raised inside
+  # configurables; the message already says what is wrong.
+  message = str(error).split('\n  In call to configurable')[0]
+  if isinstance(error, UnknownEntryError):
+    location = locate(str(error.name))
+    if location:
+      message = f'{location[0]}, line {location[1]}: {message}'
+  return message
 
 
 def describe_missing_required(error: Exception) -> Optional[str]:
