@@ -57,7 +57,9 @@ def run(gin_files: GinFiles, bindings: Sequence[str] = (),
     from fmx.training import run as run_lib  # pylint: disable=g-import-not-at-top
     if not verbose:
       progress.quiet_library_logs()
-    model_dir = model_dir or _configured_model_dir(gin_files, bindings)
+    # Absolute: gin and TensorFlow's checkpoint state read paths from other
+    # folders than the caller's.
+    model_dir = os.path.abspath(model_dir or _configured_model_dir(gin_files, bindings))
     run_lib.run(gin_files, bindings, model_dir,
                 allow_config_change=allow_config_change)
   return Run(model_dir)
