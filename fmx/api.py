@@ -9,7 +9,7 @@
     fmx.load_run('runs/demo/student').evaluate('test[:50%]')
     fmx.inspect_batch('experiments/demo.gin').figure()
     fmx.run_grid('experiments/ablations/mixup_variants.gin', 'runs/mixup')
-    fmx.tune('experiments/demo_teacher.gin', 'runs/tune', max_trials=4)
+    fmx.tune('experiments/tune_demo_teacher.gin', 'runs/tune')
 
 A run folder is the unit of exchange, as on the command line: `run` trains
 (or resumes) into one, `load_run` opens one, and everything a Run computes is
