@@ -385,8 +385,10 @@ def _show_errors_as_paragraphs() -> None:
     return
 
   def show(shell, error_type, error, traceback, tb_offset=None):
-    del shell, error_type, traceback, tb_offset
-    return [f'fmx: {error.label}: {error}']  # the cell's error output
+    del traceback, tb_offset
+    # IPython ignores what a custom handler returns: the handler shows the
+    # error itself, as the cell's error output (the cell still fails).
+    shell._showtraceback(error_type, error, [f'fmx: {error.label}: {error}'])  # pylint: disable=protected-access
 
   shell.set_custom_exc((StopRun,), show)
 

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import fmx
+from fmx import api as api_lib
 from conftest import REPO, tiny_teacher_gin, write
 from fmx.errors import StopRun, UserError
 
@@ -112,15 +113,17 @@ def test_mistakes_raise_one_paragraph_user_errors(tmp_path):
 
 def test_errors_show_as_their_paragraph_in_ipython():
   """The handler fmx.api gives IPython prints `fmx: error: ...`, no trace."""
-  registered = {}
-  shell = types.SimpleNamespace(set_custom_exc=lambda types_, handler:
-                                registered.update(types=types_, handler=handler))
+  registered, shown = {}, []
+  shell = types.SimpleNamespace(
+      set_custom_exc=lambda types_, handler: registered.update(
+          types=types_, handler=handler),
+      _showtraceback=lambda *args: shown.append(args))
   ipython = types.ModuleType('IPython')
   ipython.get_ipython = lambda: shell
   original = sys.modules.get('IPython')
   sys.modules['IPython'] = ipython
   try:
-    fmx.api._show_errors_as_paragraphs()  # pylint: disable=protected-access
+    api_lib._show_errors_as_paragraphs()  # pylint: disable=protected-access
   finally:
     if original is None:
       del sys.modules['IPython']
@@ -128,8 +131,9 @@ def test_errors_show_as_their_paragraph_in_ipython():
       sys.modules['IPython'] = original
   assert registered['types'] == (StopRun,)
   error = UserError('Data.image_size = -1 must be positive.')
-  assert registered['handler'](shell, UserError, error, None) == [
-      'fmx: error: Data.image_size = -1 must be positive.']
+  registered['handler'](shell, UserError, error, None)
+  assert shown == [(UserError, error, [
+      'fmx: error: Data.image_size = -1 must be positive.'])]
 
 
 def test_inspect_batch_returns_the_arrays_and_a_figure(tmp_path):
