@@ -57,8 +57,8 @@ def run(gin_files: GinFiles, bindings: Sequence[str] = (),
     from fmx.training import run as run_lib  # pylint: disable=g-import-not-at-top
     if not verbose:
       progress.quiet_library_logs()
-    # Absolute: gin and TensorFlow's checkpoint state read paths from other
-    # folders than the caller's.
+    # Absolute, as the Run keeps it: a notebook that changes folder later
+    # still finds the run.
     model_dir = os.path.abspath(model_dir or _configured_model_dir(gin_files, bindings))
     run_lib.run(gin_files, bindings, model_dir,
                 allow_config_change=allow_config_change)
