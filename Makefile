@@ -44,7 +44,7 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The same suite under Bazel 4.2.3 (Debian's bazel-bootstrap), offline, on
-# this venv's Python (README, "Bazel"). ~30 min on 2 cores; not run by CI.
+# this venv's Python (docs/bazel.md). ~30 min on 2 cores; not run by CI.
 bazel-test: $(VENV)/.installed-test
 	command -v bazel >/dev/null || { apt-get update && apt-get install -y bazel-bootstrap; }
 	bazel test --repo_env=FMX_PYTHON=$(abspath $(BIN)/python) //...

@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fmx import registry  # noqa: E402  pylint: disable=g-import-not-at-top
+from fmx import entries, registry  # noqa: E402  pylint: disable=g-import-not-at-top
 from fmx.data.pipeline import Data  # noqa: E402  pylint: disable=g-import-not-at-top
 
 SHARD = 128
@@ -146,7 +146,7 @@ def main() -> None:
   parser.add_argument('--teacher', default='mobilenetv3large')
   parser.add_argument('--student', default='mobilenetv3small')
   args = parser.parse_args()
-  registry.load_all_entries()
+  entries.load_all()
 
   folder = tempfile.mkdtemp(prefix='fmx_bench_')
   try:

@@ -33,7 +33,7 @@ import tf_keras
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(BENCHMARKS))  # the fmx checkout
 
-from fmx import registry  # noqa: E402  pylint: disable=g-import-not-at-top
+from fmx import entries, registry  # noqa: E402  pylint: disable=g-import-not-at-top
 from fmx.tasks import teacher_run  # noqa: E402  pylint: disable=g-import-not-at-top
 
 import input_pipeline  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -99,7 +99,7 @@ QUICK = Workload(
 
 
 def build_backbone(entry: str, params: dict, image_size: int):
-  registry.load_all_entries()
+  entries.load_all()
   return registry.BACKBONES.get(entry)(
       num_classes=NUM_CLASSES, input_shape=(image_size, image_size, 3), **params)
 

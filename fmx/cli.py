@@ -165,9 +165,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _list(args) -> None:
   kind = args.kind
-  from fmx import configurables, registry  # pylint: disable=g-import-not-at-top
+  from fmx import configurables, entries, registry  # pylint: disable=g-import-not-at-top
   from fmx.errors import UserError  # pylint: disable=g-import-not-at-top
-  registry.load_all_entries()
+  entries.load_all()
   kinds = list(registry.ALL) + ['settings']
   if kind and kind not in kinds:
     raise UserError(f'unknown registry kind {kind!r}'
@@ -215,18 +215,9 @@ def _stop_on_sigterm() -> None:
 
 def _run(args) -> None:
   _stop_on_sigterm()
+  from fmx.training import progress, run  # pylint: disable=g-import-not-at-top
   if not args.verbose:
-    from absl import logging  # pylint: disable=g-import-not-at-top
-    import orbit.controller  # pylint: disable=g-import-not-at-top
-    logging.set_verbosity(logging.WARNING)
-    # TF's Python warnings (deprecations, deferred checkpoint restores of
-    # optimizer hyperparameters) mean nothing to a user; --verbose shows them.
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.get_logger().setLevel('ERROR')
-    # Orbit's controller print()s every loop's metrics besides logging them;
-    # the progress bar and eval lines already show them. --verbose restores it.
-    orbit.controller._log = logging.info  # pylint: disable=protected-access
-  from fmx.training import run  # pylint: disable=g-import-not-at-top
+    progress.quiet_library_logs()
   results = run.run(args.gin, args.bind, args.model_dir, dry_run=args.dry_run,
                     allow_config_change=args.allow_config_change)
   print(run.format_results(results))
@@ -325,7 +316,6 @@ def main(argv: Optional[List[str]] = None) -> int:
   _prepare_tensorflow()
   from fmx import gin_config  # pylint: disable=g-import-not-at-top
   from fmx.errors import StopRun  # pylint: disable=g-import-not-at-top
-  from fmx.registry import UnknownEntryError  # pylint: disable=g-import-not-at-top
   try:
     return COMMANDS[args.command](args) or 0
   except KeyboardInterrupt:
@@ -335,17 +325,10 @@ def main(argv: Optional[List[str]] = None) -> int:
   except StopRun as e:
     if args.traceback:
       raise
-    # gin appends "In call to configurable ..." to errors raised inside
-    # configurables; the message already says what is wrong.
-    message = str(e).split('\n  In call to configurable')[0]
-    if isinstance(e, UnknownEntryError):
-      location = gin_config.locate(str(e.name))
-      if location:
-        message = f'{location[0]}, line {location[1]}: {message}'
-    print(f'fmx: {e.label}: {message}', file=sys.stderr)
+    print(f'fmx: {e.label}: {gin_config.user_message(e)}', file=sys.stderr)
     return e.exit_code
   except RuntimeError as e:
-    message = gin_config.describe_missing_required(e)
+    message = gin_config.user_message(e)
     if message is None or args.traceback:
       raise
     print(f'fmx: error: {message}', file=sys.stderr)

@@ -43,21 +43,30 @@ def group_name(run_dir: str) -> str:
 
 def read_curve(run_dir: str, tag: str, subdir: str = 'validation') -> Tuple[np.ndarray, np.ndarray]:
   """(steps, values) of a scalar written with tf.summary in run_dir/subdir."""
+  return read_scalars(run_dir, subdir).get(tag, (np.array([]), np.array([])))
+
+
+def read_scalars(run_dir: str, subdir: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+  """tag -> (steps, values) of every scalar written with tf.summary in run_dir/subdir."""
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   path = os.path.join(run_dir, subdir)
   if not os.path.isdir(path):
-    return np.array([]), np.array([])
+    return {}
   accumulator = event_accumulator.EventAccumulator(
       path, size_guidance={event_accumulator.TENSORS: 0})
   accumulator.Reload()
-  if tag not in accumulator.Tags().get('tensors', []):
-    return np.array([]), np.array([])
-  events = accumulator.Tensors(tag)
-  steps = np.array([e.step for e in events])
-  values = np.array([float(tf.make_ndarray(e.tensor_proto)) for e in events])
-  order = np.argsort(steps, kind='stable')
-  return steps[order], values[order]
+  curves = {}
+  for tag in accumulator.Tags().get('tensors', []):
+    # Images (the first batch) share the folder; only scalars are curves.
+    if accumulator.SummaryMetadata(tag).plugin_data.plugin_name != 'scalars':
+      continue
+    events = accumulator.Tensors(tag)
+    steps = np.array([e.step for e in events])
+    values = np.array([float(tf.make_ndarray(e.tensor_proto)) for e in events])
+    order = np.argsort(steps, kind='stable')
+    curves[tag] = (steps[order], values[order])
+  return curves
 
 
 def read_results(run_dir: str) -> dict:

@@ -50,8 +50,8 @@ class Configurable:
 
 def _gin_configurables() -> Dict[str, Any]:
   """selector -> gin's record of every configurable fmx's modules register."""
-  from fmx import registry  # pylint: disable=g-import-not-at-top
-  registry.load_all_entries()
+  from fmx import entries  # pylint: disable=g-import-not-at-top
+  entries.load_all()
   # gin has no public listing of its registry; this one dict is the only
   # private name fmx reads (pinned gin-config 0.5).
   selectors = gin.config._REGISTRY._selector_map  # pylint: disable=protected-access

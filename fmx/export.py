@@ -164,6 +164,27 @@ class Servable:
       yield [image.numpy()]
 
 
+class ModelWithPreprocessing(tf_keras.Model):
+  """uint8 images in, float32 logits out: a run's eval preprocessing, then its model.
+
+  What fmx.api's Run.student and Run.teacher are: the serving signature's
+  computation as a Keras model, for use in Python without exporting.
+  """
+
+  def __init__(self, servable: Servable):
+    super().__init__(name=f'{servable.model.name}_with_preprocessing')
+    self.inner = servable.model
+    # Traced now, under the run's own gin config: the ops read gin only
+    # while traced, so a config parsed later cannot change them.
+    self._preprocess = tf.function(servable.preprocess, input_signature=[
+        tf.TensorSpec([None, None, None, servable.channels], tf.uint8)])
+    self._preprocess.get_concrete_function()
+
+  def call(self, images, training=False):  # pylint: disable=arguments-differ
+    return tf.cast(self.inner(self._preprocess(images), training=training),
+                   tf.float32)
+
+
 def save_saved_model(servable: Servable, path: str) -> None:
   """Writes the servable as a SavedModel with one signature, serving_default,
   and the class names as the asset labels.txt."""

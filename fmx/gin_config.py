@@ -14,8 +14,9 @@ from typing import List, Optional, Sequence, Tuple
 import gin
 
 from fmx import configurables
-from fmx import registry
-from fmx.errors import UserError
+from fmx import entries
+from fmx.errors import StopRun, UserError
+from fmx.registry import UnknownEntryError
 
 # gin appends the location of a bad binding as `In file "f.gin", line 3` or
 # `In bindings string line 2` (the --bind values, parsed as one string).
@@ -33,7 +34,7 @@ def repo_root() -> str:
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
   """Clears gin and parses files then bindings; UserError on any mistake."""
-  registry.load_all_entries()  # gin knows a configurable only once imported
+  entries.load_all()  # gin knows a configurable only once imported
   gin.clear_config()
   gin_files = [resolve(f) for f in gin_files]
   for path in {os.getcwd(), repo_root()} | {os.path.dirname(f) for f in gin_files}:
@@ -133,6 +134,25 @@ def where_set(key: str) -> str:
         if pattern.match(line):
           found = f'{path}, line {number}'
   return found or 'the gin config'
+
+
+def user_message(error: Exception) -> Optional[str]:
+  """The one paragraph shown for an fmx error; None for anything else (a bug).
+
+  A StopRun's message without gin's call trail, with the file and line of an
+  unknown registry name; gin's 'Required bindings' error as its paragraph.
+  The command line prints it; fmx.api raises it.
+  """
+  if not isinstance(error, StopRun):
+    return describe_missing_required(error) if isinstance(error, RuntimeError) else None
+  # gin appends "In call to configurable ..." to errors raised inside
+  # configurables; the message already says what is wrong.
+  message = str(error).split('\n  In call to configurable')[0]
+  if isinstance(error, UnknownEntryError):
+    location = locate(str(error.name))
+    if location:
+      message = f'{location[0]}, line {location[1]}: {message}'
+  return message
 
 
 def describe_missing_required(error: Exception) -> Optional[str]:

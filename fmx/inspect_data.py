@@ -146,16 +146,18 @@ def image_title(stats: dict, index: int) -> str:
   return title
 
 
-def write_grid(stats: dict, data: Data, path: str) -> None:
-  """Saves up to MAX_SHOWN images of the batch as a PNG grid."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+def grid_figure(stats: dict, data: Data):
+  """A matplotlib Figure of up to MAX_SHOWN images of the batch, titled.
+
+  A bare Figure, not pyplot's: it needs no backend, so the command line saves
+  it anywhere and a notebook shows it inline without its backend changed.
+  """
+  from matplotlib import figure as figure_lib  # pylint: disable=g-import-not-at-top
   images = np.clip(data.to_unit_range(stats['images'][:MAX_SHOWN]), 0, 1)
   columns = math.ceil(math.sqrt(len(images)))
   rows = math.ceil(len(images) / columns)
-  figure, axes = pyplot.subplots(rows, columns, squeeze=False,
-                                 figsize=(1.6 * columns, 1.7 * rows + 0.4))
+  figure = figure_lib.Figure(figsize=(1.6 * columns, 1.7 * rows + 0.4))
+  axes = figure.subplots(rows, columns, squeeze=False)
   for index, axis in enumerate(axes.flat):
     axis.axis('off')
     if index >= len(images):
@@ -170,15 +172,27 @@ def write_grid(stats: dict, data: Data, path: str) -> None:
   figure.suptitle(f'{stats["source"]}: {stats["batch_size"]} images, {mixing}',
                   fontsize=9)
   figure.tight_layout()
+  return figure
+
+
+def write_grid(stats: dict, data: Data, path: str) -> None:
+  """Saves up to MAX_SHOWN images of the batch as a PNG grid."""
   with tf.io.gfile.GFile(path, 'wb') as f:
-    figure.savefig(f, format='png', dpi=100)
-  pyplot.close(figure)
+    grid_figure(stats, data).savefig(f, format='png', dpi=100)
 
 
 def inspect_data(gin_files: Sequence[str], bindings: Sequence[str] = (),
                  out: str = 'inspect_data.png',
                  batch_size: Optional[int] = None) -> dict:
   """Parses the config, writes the grid to `out`, returns the statistics."""
+  stats, data = first_batch(gin_files, bindings, batch_size)
+  write_grid(stats, data, out)
+  return stats
+
+
+def first_batch(gin_files: Sequence[str], bindings: Sequence[str] = (),
+                batch_size: Optional[int] = None):
+  """(statistics, Data) of the config's first training batch; writes nothing."""
   gin_config.parse(gin_files, bindings)
   data = Data()
   batch_size = batch_size or bound_value('Training', 'global_batch_size',
@@ -191,5 +205,4 @@ def inspect_data(gin_files: Sequence[str], bindings: Sequence[str] = (),
     if user_error is None:
       raise
     raise user_error from None
-  write_grid(stats, data, out)
-  return stats
+  return stats, data

@@ -96,18 +96,3 @@ TASKS = Registry('task', 'tasks')
 ALL: Dict[str, Registry] = {
     r.gin_module: r for r in (DATASETS, BACKBONES, AUGMENTATIONS, LOSSES, TASKS)}
 
-
-def load_all_entries() -> None:
-  """Imports every module that registers entries.
-
-  gin only knows a configurable once its module has been imported, so this
-  runs before any gin file is parsed.
-  """
-  # pylint: disable=g-import-not-at-top,unused-import
-  import fmx.augmentations  # noqa: F401
-  import fmx.backbones  # noqa: F401
-  import fmx.data  # noqa: F401
-  import fmx.grid  # noqa: F401  (Grid.axes may sit in any gin file)
-  import fmx.losses  # noqa: F401
-  import fmx.tasks  # noqa: F401
-  import fmx.training  # noqa: F401

@@ -14,10 +14,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tf_keras  # noqa: E402
 
-from fmx import registry  # noqa: E402
+from fmx import entries  # noqa: E402
 
 # Parametrised tests enumerate the registries at collection time.
-registry.load_all_entries()
+entries.load_all()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,7 +82,7 @@ def write(path, text: str) -> str:
 @pytest.fixture(autouse=True)
 def _fresh_gin():
   """gin is global: every test starts from (and leaves) an empty config."""
-  registry.load_all_entries()
+  entries.load_all()
   gin.clear_config()
   yield
   gin.clear_config()

@@ -7,9 +7,9 @@ import gin
 import pytest
 
 from conftest import REPO, tiny_teacher_gin, write
-from fmx import cli, configurables, registry
+from fmx import cli, configurables, entries, registry
 
-registry.load_all_entries()
+entries.load_all()
 CONFIGURABLES = sorted(configurables.all_configurables())
 
 

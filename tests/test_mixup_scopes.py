@@ -20,8 +20,8 @@ cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(8)])
 import gin
-from fmx import registry
-registry.load_all_entries()
+from fmx import entries
+entries.load_all()
 from fmx.data.pipeline import Data
 from fmx.tasks.distillation import DistillationTask
 

@@ -3,10 +3,10 @@
 import gin
 import pytest
 
-from fmx import cli, registry
+from fmx import cli, entries, registry
 from fmx.errors import UserError
 
-registry.load_all_entries()
+entries.load_all()
 ALL_ENTRIES = [(kind, name) for kind, reg in registry.ALL.items()
                for name in reg.names()]
 

@@ -8,8 +8,22 @@ same TensorBoard folder as the trainer's own scalars, so the curves overlay.
 import os
 import time
 
+from absl import logging
+import orbit.controller
 import tensorflow as tf
-import tqdm
+# A notebook bar inside Jupyter, plain text lines in a terminal.
+from tqdm import auto as tqdm
+
+
+def quiet_library_logs() -> None:
+  """Only the progress bar and eval lines: TF, absl and Orbit's chatter off."""
+  logging.set_verbosity(logging.WARNING)
+  # TF's Python warnings (deprecations, deferred checkpoint restores of
+  # optimizer hyperparameters) mean nothing to a user; --verbose shows them.
+  tf.get_logger().setLevel('ERROR')
+  # Orbit's controller print()s every loop's metrics besides logging them;
+  # the progress bar and eval lines already show them.
+  orbit.controller._log = logging.info  # pylint: disable=protected-access
 
 
 def bar_label(task_name: str, model_dir: str) -> str:

@@ -20,6 +20,7 @@ import tf_keras
 from official.core import base_task
 from official.core import config_definitions as cfg
 from official.core import train_utils
+from tensorflow.python.framework import config as tf_config  # pylint: disable=g-direct-tensorflow-import
 
 from fmx import gin_config
 from fmx.data import decoding
@@ -150,8 +151,12 @@ def build_setup(task_name: str, model_dir: str) -> Setup:
       {None: 'float32', 'bfloat16': 'mixed_bfloat16',
        'float16': 'mixed_float16'}[runtime.mixed_precision])
   tf_keras.utils.set_random_seed(training.seed)
+  # Also switched off: a run earlier in this process (a teacher trained
+  # first, a notebook's previous run) may have switched it on.
   if runtime.deterministic:
     tf.config.experimental.enable_op_determinism()
+  else:
+    tf_config.disable_op_determinism()  # not in tf.config's public API
   if runtime.distribution_strategy == 'multi_worker_mirrored':
     cluster.check_tf_config()
   strategy = runtime.strategy()

@@ -240,8 +240,7 @@ def restorable_step(model_dir: str) -> int:
   paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
   if state.model_checkpoint_path not in paths:
     paths.append(state.model_checkpoint_path)
-  paths = [p if os.path.isabs(p) or '://' in p else os.path.join(model_dir, p)
-           for p in paths]
+  # get_checkpoint_state has already joined relative entries to model_dir.
   corrupt = []
   while paths:
     problem = _unreadable(paths[-1])

@@ -82,6 +82,18 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(
   assert _readable(tf.train.latest_checkpoint(model_dir))
 
 
+def test_a_relative_model_dir_resumes_its_own_checkpoints(
+    finished_run, monkeypatch, capsys):
+  # `fmx run --model_dir runs/x` rerun (as `make demo` twice): the paths of
+  # TF's checkpoint state are then relative to the current folder, not to
+  # model_dir, and none may be taken for a corrupt one.
+  model_dir = finished_run[1]
+  monkeypatch.chdir(os.path.dirname(model_dir))
+  assert run_dir.restorable_step(os.path.basename(model_dir)) == 8
+  assert 'cannot be read' not in capsys.readouterr().out
+  assert not os.path.exists(os.path.join(model_dir, run_dir.CORRUPT_FOLDER))
+
+
 def test_no_readable_checkpoint_is_a_clear_error(finished_run, tmp_path, capsys):
   gin_file, model_dir = _copy(finished_run, tmp_path)
   for data in glob.glob(os.path.join(model_dir, 'ckpt-*.data-*')):

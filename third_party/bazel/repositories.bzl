@@ -25,7 +25,7 @@ _wrappers_repo = repository_rule(
 
 _NO_COVERAGE = """#!/bin/sh
 echo "$0: coverage needs Bazel's real remote_coverage_tools, which this offline" >&2
-echo "workspace replaces with a stand-in (see README, Bazel)." >&2
+echo "workspace replaces with a stand-in (see docs/bazel.md)." >&2
 exit 1
 """
 
