@@ -63,6 +63,8 @@ class Data:
     shuffle_buffer: examples in the shuffle buffer.
     cache: 'auto' (decoded splits that fit in memory), 'memory' or 'none'.
     skip_corrupt: skip (and count) undecodable images instead of stopping.
+    check_held_out: at start, refuse a test split sharing an image (by pixel
+      digest) with the training or validation split.
   """
 
   def __init__(self,

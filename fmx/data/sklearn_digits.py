@@ -49,7 +49,13 @@ def _load_arrays():
 
 @DATASETS.register(denylist=('split',))
 def sklearn_digits(split: str, labeled: bool = True) -> Source:
-  """scikit-learn's digits as 28x28 MNIST-like images: 1,297 train / 500 test."""
+  """scikit-learn's digits as 28x28 MNIST-like images: 1,297 train / 500 test.
+
+  Args:
+    split: 'train' or 'test', sliceable ('train[:200]').
+    labeled: False serves the images with label -1, as unlabeled
+      (out-of-domain) distillation data.
+  """
   images, labels, indices = _load_arrays()
   base, start, stop = slice_bounds(split, {k: len(v) for k, v in indices.items()})
   chosen = indices[base][start:stop]
