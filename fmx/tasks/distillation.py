@@ -185,7 +185,7 @@ class DistillationTask(FmxTask):
     with tf.GradientTape() as tape:
       student_logits = model(fit_to_model(model, images), training=True)
       loss = tf.reduce_mean(self.loss_fn(teacher_logits, student_logits))
-    apply_gradients(tape, loss, model, optimizer, self.clipnorm)
+    apply_gradients(tape, loss, model, optimizer, self.clip_gradients)
     self._update(metrics, inputs['label'], teacher_logits, student_logits)
     return {self.loss: loss}
 
