@@ -6,7 +6,7 @@ either an fmx teacher run (`teacher_run`, rebuilt from its model.json and
 checkpoint) or an exported SavedModel or TF-Hub handle of logits
 (`teacher_saved_model`, e.g. a teacher fine-tuned elsewhere). What the two
 models see follows `teaching` (fmx.tasks.teaching; default function matching).
-Labels are never used by the loss; they only feed the accuracy metrics. The trainer
+Labels are never used by the loss; they only feed the eval's accuracy metrics. The trainer
 checkpoints only `build_model()`'s output, the student: we never change the
 teacher, so there is nothing of it to save.
 """
@@ -26,8 +26,12 @@ from fmx.tasks import teacher_run
 from fmx.tasks import teaching as teaching_lib
 from fmx.tasks.base import FmxTask, apply_gradients, fit_to_model, to_float, top1_correct, top_k_correct, update_mean
 
-TRAIN_METRICS = ('student_top1', 'teacher_top1', 'agreement')
-EVAL_METRICS = TRAIN_METRICS + ('student_top5', 'teacher_top5', 'kl')
+# Training images are mixed: a mixed image's label is its slot's, not the
+# blend's, so label accuracies on them mislead; teacher-student agreement
+# needs no label. Accuracies are the eval's, on unmixed images.
+TRAIN_METRICS = ('agreement',)
+EVAL_METRICS = ('student_top1', 'teacher_top1', 'agreement', 'student_top5',
+                'teacher_top5', 'kl')
 
 
 @TASKS.register('distillation', denylist=('params', 'logging_dir', 'name'))
