@@ -87,7 +87,8 @@ class DistillationTask(FmxTask):
         tf.function(self._teacher_call, jit_compile=True)
         if teacher_jit_compile else self._teacher_call)
     self.teacher: Optional[tf_keras.Model] = None
-    self.fixed_logits: Optional[tf.Tensor] = None  # for 'fixed_teacher'
+    # For 'fixed_teacher': the folder of the cached teacher outputs.
+    self.fixed_outputs: Optional[str] = None
 
   def build_model(self) -> tf_keras.Model:
     # Called under the strategy's scope by the trainer: the teacher's
@@ -110,15 +111,16 @@ class DistillationTask(FmxTask):
     if self.teaching == 'fixed_teacher':
       teacher_id = (os.path.abspath(tf.train.latest_checkpoint(self.teacher_run))
                     if self.teacher_run else self.teacher_saved_model)
-      self.fixed_logits = tf.constant(teaching_lib.fixed_teacher_outputs(
+      self.fixed_outputs = teaching_lib.cache_fixed_teacher_outputs(
           self.teacher, self.data, self.sources['train'], teacher_id,
-          self.teacher_output_cache))
+          self.teacher_output_cache)
     return self.build_backbone(self.student_backbone, scope='student')
 
   def train_inputs(self, batch_size, source, input_context=None):
     return teaching_lib.train_dataset(self.data, self.teaching, batch_size,
                                       self.training.seed, input_context, source,
-                                      self.start_batch(input_context))
+                                      self.start_batch(input_context),
+                                      self.fixed_outputs)
 
   @property
   def input_shape(self):
@@ -183,7 +185,7 @@ class DistillationTask(FmxTask):
         and self.data.mixup_scope == 'global'):
       images = self.mix_global_batch(images, optimizer.iterations)
     if self.teaching == 'fixed_teacher':
-      teacher_logits = tf.gather(self.fixed_logits, inputs['index'])
+      teacher_logits = inputs['teacher_logits']  # streamed from the cache
     else:  # the teacher's own view, else exactly the student's pixels
       teacher_logits = self.teacher_logits(inputs.get('teacher_image', images))
     with tf.GradientTape() as tape:
