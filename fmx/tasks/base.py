@@ -11,10 +11,11 @@ from typing import Callable, Optional
 import gin
 import tensorflow as tf
 import tf_keras
+from absl import logging
 from official.core import base_task
 
 from fmx.data.pipeline import Data
-from fmx.data.source import Source
+from fmx.data.source import Source, splits_overlap
 from fmx.registry import BACKBONES
 from fmx.training.settings import Optimizer, Training
 
@@ -41,6 +42,7 @@ class FmxTask(base_task.Task):
     # before any model is built or anything is written.
     self.sources = {which: self.data.source(which)
                     for which in ('train', EVAL_SPLIT, TEST_SPLIT)}
+    warn_if_test_overlaps_training(self.data)
 
   @property
   def num_classes(self) -> int:
@@ -88,6 +90,20 @@ class FmxTask(base_task.Task):
 
   def results(self, eval_logs) -> dict:
     raise NotImplementedError
+
+
+def warn_if_test_overlaps_training(data: Data) -> bool:
+  """Warns (and returns True) when the test split shares training examples."""
+  if data.train_dataset != data.eval_dataset or not splits_overlap(
+      data.train_split, data.test_split):
+    return False
+  logging.warning(
+      'Data.test_split = %r overlaps Data.train_split = %r of the same dataset '
+      '%r: the final test result is then measured partly on training images. '
+      "Hold out a slice instead, e.g. Data.train_split = 'train[:85%%]' and "
+      "Data.test_split = 'train[85%%:]'.", data.test_split, data.train_split,
+      data.train_dataset)
+  return True
 
 
 def apply_gradients(tape: tf.GradientTape, loss, model: tf_keras.Model,
