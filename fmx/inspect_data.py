@@ -157,6 +157,8 @@ def describe(stats: dict) -> str:
     lines.append(f'{_CROP_OP}: not in Data.train_augmentations')
   if stats.get('crop_area_sample') is not None:
     lines.append(describe_crop_areas(stats['crop_area_sample']))
+  elif stats.get('crops_requested'):
+    lines.append(f'crop area: no {_CROP_OP} in Data.train_augmentations')
   return '\n'.join(lines)
 
 
@@ -219,6 +221,7 @@ def inspect_data(gin_files: Sequence[str], bindings: Sequence[str] = (),
         raise
       raise user_error from None
   stats['crop_area_sample'] = None
+  stats['crops_requested'] = crops_to_draw
   if crops_to_draw and _CROP_OP in data.train_augmentations:
     stats['crop_area_sample'] = crop_area_sample(data, seed, crops_to_draw,
                                                  stats['raw_shape'])
