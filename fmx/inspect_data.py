@@ -10,6 +10,11 @@ crops in the picture, not a fresh draw.
 MixUp runs per replica (the default scope): the batch shown is the
 batch of one input pipeline, `Training.global_batch_size` unless
 --batch_size gives a replica's share.
+
+`--dry_run` reads mock data offline (like `fmx run --dry_run`), so any
+experiment can be inspected without its dataset; `--crops N` draws N more
+inception crops with the experiment's settings and prints their area
+distribution in one line (min, p10, median, max).
 """
 
 import contextlib
