@@ -83,7 +83,7 @@ def step_functions(setup, trainer, batch: dict) -> dict:
     with tf.GradientTape() as tape:
       logits = model(fit_to_model(model, images), training=True)
       loss = tf.reduce_mean(task.loss_fn(teacher_logits, logits))
-    apply_gradients(tape, loss, model, optimizer, task.clipnorm)
+    apply_gradients(tape, loss, model, optimizer, task.clip_gradients)
     return loss
 
   @tf.function

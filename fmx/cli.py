@@ -114,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
                             help="images in the batch (default: "
                             "Training.global_batch_size; give one replica's "
                             'share to see its MixUp pairs)')
+  inspect_data.add_argument('--dry_run', action='store_true',
+                            help='mock data, offline (like run --dry_run): '
+                            'inspect any experiment without its dataset')
+  inspect_data.add_argument('--crops', type=int, default=0, metavar='N',
+                            help='also draw N inception crops with the '
+                            "experiment's settings and print their areas")
 
   export = commands.add_parser(
       'export', help="export a finished run's model (a distillation run's "
@@ -267,7 +273,7 @@ def _tensorboard(args) -> int:
 def _inspect_data(args) -> None:
   from fmx import inspect_data  # pylint: disable=g-import-not-at-top
   stats = inspect_data.inspect_data(args.gin, args.bind, args.out,
-                                    args.batch_size)
+                                    args.batch_size, args.dry_run, args.crops)
   print(inspect_data.describe(stats))
   print(f'grid: {args.out}')
 

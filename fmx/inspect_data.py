@@ -10,8 +10,14 @@ crops in the picture, not a fresh draw.
 MixUp runs per replica (the default scope): the batch shown is the
 batch of one input pipeline, `Training.global_batch_size` unless
 --batch_size gives a replica's share.
+
+`--dry_run` reads mock data offline (like `fmx run --dry_run`), so any
+experiment can be inspected without its dataset; `--crops N` draws N more
+inception crops with the experiment's settings and prints their area
+distribution in one line (min, p10, median, max).
 """
 
+import contextlib
 import inspect
 import math
 from typing import List, Optional, Sequence
@@ -21,10 +27,12 @@ import numpy as np
 import tensorflow as tf
 
 from fmx import gin_config
+from fmx.augmentations import crops
 from fmx.augmentations import mixup as mixup_lib
 from fmx.data import decoding
 from fmx.data.pipeline import Data
 from fmx.registry import AUGMENTATIONS
+from fmx.training import dry_run as dry_run_lib
 
 DEFAULT_BATCH_SIZE = 32
 MAX_SHOWN = 64  # images in the grid; statistics cover the whole batch
@@ -45,21 +53,42 @@ def _op_parameter(op_name: str, parameter: str):
                      signature.parameters[parameter].default)
 
 
-def inception_crop_area(image_shape, seed) -> float:
-  """Area fraction `inception_crop` keeps of an image, for this seed.
+def inception_crop_area(image_shape, seed):
+  """Area fraction `inception_crop` keeps of an image, for this seed (a tensor).
 
   Re-runs the op's sampler with its gin parameters: the sampler depends only
   on the image's shape and the seed, so this is the crop the op took.
   """
-  _, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      image_shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-      seed=seed,
-      min_object_covered=_op_parameter(_CROP_OP, 'min_object_covered'),
-      aspect_ratio_range=_op_parameter(_CROP_OP, 'aspect_ratio_range'),
-      area_range=_op_parameter(_CROP_OP, 'area_range'),
-      max_attempts=10, use_image_if_no_bounding_boxes=True)
-  height, width = int(image_shape[0]), int(image_shape[1])
-  return int(crop_size[0]) * int(crop_size[1]) / (height * width)
+  parameters = inspect.signature(crops.inception_crop_window).parameters
+  names = [n for n in parameters if n not in ('image_shape', 'seed')]
+  _, crop_size = crops.inception_crop_window(
+      image_shape, seed, **{n: _op_parameter(_CROP_OP, n) for n in names})
+  crop_pixels = tf.cast(crop_size[0] * crop_size[1], tf.float64)
+  return crop_pixels / tf.cast(image_shape[0] * image_shape[1], tf.float64)
+
+
+def crop_area_sample(data: Data, seed: int, count: int, image_shape) -> np.ndarray:
+  """The areas of the inception crops of stream positions 0 .. count - 1.
+
+  Each with the seed the pipeline gives that position's crop, on an image of
+  `image_shape` (the area fraction hardly depends on the image's size).
+  """
+  index = data.train_augmentations.index(_CROP_OP)
+  shape = tf.constant(image_shape, tf.int32)
+
+  def area(position):
+    return inception_crop_area(
+        shape, data.op_seed(data.image_seed(seed, position), index))
+
+  batches = tf.data.Dataset.range(count).map(area).batch(1024)
+  return np.concatenate(list(batches.as_numpy_iterator()))
+
+
+def describe_crop_areas(areas: np.ndarray) -> str:
+  """The one line `--crops N` prints."""
+  return (f'crop area: min {areas.min():.3f}, p10 {np.quantile(areas, 0.1):.3f}, '
+          f'median {np.median(areas):.3f}, max {areas.max():.3f} '
+          f'({len(areas)} crops)')
 
 
 def crop_areas(data: Data, seed: int, positions, raw_images) -> List[float]:
@@ -72,7 +101,7 @@ def crop_areas(data: Data, seed: int, positions, raw_images) -> List[float]:
                                            data.train_ops)):
       op_seed = data.op_seed(image_seed, index)
       if name == _CROP_OP:
-        areas.append(inception_crop_area(tf.shape(image), op_seed))
+        areas.append(float(inception_crop_area(tf.shape(image), op_seed)))
       image = op(image, op_seed, size=data.image_size)
   return areas
 
@@ -89,6 +118,7 @@ def batch_statistics(data: Data, seed: int, batch_size: int) -> dict:
       'class_names': source.label_names() if source.labeled else None,
       'labels': batch['label'].numpy(), 'batch_size': batch_size,
       'seed': seed, 'image_shape': tuple(batch['image'].shape[1:]),
+      'raw_shape': tuple(int(d) for d in tf.shape(raw[0][1]['image'])),
       'crop_areas': crop_areas(data, seed, positions,
                                [example['image'] for _, example in raw]),
       'mixup': data.mixup_name, 'partners': None, 'distinct_pairs': None,
@@ -134,6 +164,10 @@ def describe(stats: dict) -> str:
                  f'({np.mean(areas >= 0.999):.0%} whole images)')
   else:
     lines.append(f'{_CROP_OP}: not in Data.train_augmentations')
+  if stats.get('crop_area_sample') is not None:
+    lines.append(describe_crop_areas(stats['crop_area_sample']))
+  elif stats.get('crops_requested'):
+    lines.append(f'crop area: no {_CROP_OP} in Data.train_augmentations')
   return '\n'.join(lines)
 
 
@@ -183,26 +217,43 @@ def write_grid(stats: dict, data: Data, path: str) -> None:
 
 def inspect_data(gin_files: Sequence[str], bindings: Sequence[str] = (),
                  out: str = 'inspect_data.png',
-                 batch_size: Optional[int] = None) -> dict:
+                 batch_size: Optional[int] = None, dry_run: bool = False,
+                 crops_to_draw: int = 0) -> dict:
   """Parses the config, writes the grid to `out`, returns the statistics."""
-  stats, data = first_batch(gin_files, bindings, batch_size)
+  stats, data = first_batch(gin_files, bindings, batch_size, dry_run,
+                            crops_to_draw)
   write_grid(stats, data, out)
   return stats
 
 
 def first_batch(gin_files: Sequence[str], bindings: Sequence[str] = (),
-                batch_size: Optional[int] = None):
-  """(statistics, Data) of the config's first training batch; writes nothing."""
-  gin_config.parse(gin_files, bindings)
-  data = Data()
-  batch_size = batch_size or bound_value('Training', 'global_batch_size',
-                                         DEFAULT_BATCH_SIZE)
-  seed = bound_value('Training', 'seed', 0)
-  try:
-    stats = batch_statistics(data, seed, batch_size)
-  except tf.errors.OpError as e:
-    user_error = decoding.as_user_error(e)
-    if user_error is None:
-      raise
-    raise user_error from None
+                batch_size: Optional[int] = None, dry_run: bool = False,
+                crops_to_draw: int = 0):
+  """(statistics, Data) of the config's first training batch; writes nothing.
+
+  `dry_run` reads mock data offline (like `fmx run --dry_run`), so any
+  experiment can be inspected without its dataset; `crops_to_draw` adds
+  stats['crop_area_sample'], that many crop areas drawn with its settings.
+  """
+  with dry_run_lib.offline_data() if dry_run else contextlib.nullcontext():
+    gin_config.parse(gin_files, list(bindings) + (
+        ['Data.shuffle_buffer = 8'] if dry_run else []))
+    data = Data()
+    batch_size = batch_size or bound_value('Training', 'global_batch_size',
+                                           DEFAULT_BATCH_SIZE)
+    if dry_run:  # mock splits hold 8 images
+      batch_size = min(batch_size, DEFAULT_BATCH_SIZE)
+    seed = bound_value('Training', 'seed', 0)
+    try:
+      stats = batch_statistics(data, seed, batch_size)
+    except tf.errors.OpError as e:
+      user_error = decoding.as_user_error(e)
+      if user_error is None:
+        raise
+      raise user_error from None
+  stats['crop_area_sample'] = None
+  stats['crops_requested'] = crops_to_draw
+  if crops_to_draw and _CROP_OP in data.train_augmentations:
+    stats['crop_area_sample'] = crop_area_sample(data, seed, crops_to_draw,
+                                                 stats['raw_shape'])
   return stats, data

@@ -3,10 +3,14 @@
 The official-weights tests write a random checkpoint in the official layout
 (google-research/big_transfer's variable names, spelt out here independently
 of fmx.backbones.bit_weights), load it, and compare the logits with a plain
-TensorFlow re-implementation of BiT's forward pass that reads the same arrays.
-They use R26x1 at 64 px, which has every kind of unit and costs ~1 s to build.
+TensorFlow re-implementation of BiT's forward pass that reads the same arrays
+and preprocesses uint8 pixels itself as big_transfer does ((x - 127.5) /
+127.5, i.e. [-1, 1]), while fmx's model gets the pipeline's images
+(Data.value_range). They use R26x1 at 64 px, which has every kind of unit and
+costs ~1 s to build.
 """
 
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -147,8 +151,10 @@ def official_random_weights(depth_units=(2, 2, 2, 2), width=1, classes=10):
   return arrays
 
 
-def reference_forward(w, images, depth_units=(2, 2, 2, 2)):
-  """(features, logits) of BiT as big_transfer computes them, from raw arrays."""
+def reference_forward(w, pixels, depth_units=(2, 2, 2, 2)):
+  """(features, logits) of BiT as big_transfer computes them, from raw arrays
+  and uint8 pixels, preprocessed as its input pipeline does."""
+  images = (tf.cast(pixels, tf.float32) - 127.5) / 127.5
 
   def conv(x, scope, stride=1, pad=0):
     kernel = w[f'{scope}/standardized_conv2d/kernel']
@@ -185,7 +191,7 @@ def reference_forward(w, images, depth_units=(2, 2, 2, 2)):
 
 @pytest.fixture(scope='module')
 def official(tmp_path_factory):
-  """(arrays, npz path, images, reference features, reference logits)."""
+  """(arrays, npz path, images in [0, 1], reference features and logits)."""
   arrays = official_random_weights(classes=CLASSES_IN_FILE)
   path = str(tmp_path_factory.mktemp('bit') / 'BiT-M-R26x1.npz')
   # Some official files number a conv scope; the loader must accept that.
@@ -193,8 +199,10 @@ def official(tmp_path_factory):
   key = 'resnet/block3/unit02/b/standardized_conv2d/kernel'
   renamed[key.replace('conv2d/', 'conv2d_7/')] = renamed.pop(key)
   np.savez(path, **renamed)
-  images = tf.random.stateless_uniform([2, SIZE, SIZE, 3], seed=(1, 2))
-  features, logits = reference_forward(arrays, images)
+  pixels = tf.random.stateless_uniform([2, SIZE, SIZE, 3], seed=(1, 2),
+                                       minval=0, maxval=256, dtype=tf.int32)
+  features, logits = reference_forward(arrays, pixels)
+  images = tf.cast(pixels, tf.float32) / 255.0  # the pipeline's [0, 1]
   return arrays, path, images, features, logits
 
 
@@ -287,3 +295,42 @@ def test_architecture_round_trips_through_json(official, loaded):
   assert [l.name for l in clone.layers] == [l.name for l in loaded.layers]
   clone.set_weights(loaded.get_weights())
   np.testing.assert_allclose(clone(images).numpy(), logits, rtol=1e-3, atol=1e-3)
+
+
+# ---------------------------------------------------------------- input ranges
+
+
+def test_official_weights_see_their_range_whatever_data_says(official):
+  arrays, path, images, features, logits = official
+  gin.parse_config('Data.value_range = (-1.0, 1.0)')
+  model = bit_resnet.build(CLASSES_IN_FILE, (SIZE, SIZE, 3), 26, 1, weights=path)
+  np.testing.assert_allclose(model(images * 2.0 - 1.0).numpy(), logits,
+                             rtol=1e-3, atol=1e-3)
+  gin.clear_config()
+  # Feeding [0, 1] straight to the [-1, 1] weights (fmx before) is no
+  # harmless shift: the pooled features move by far more than the tolerance.
+  wrong, _ = reference_forward(arrays, images * 127.5 + 127.5)
+  assert np.abs(wrong - features).mean() > 0.1 * np.abs(features).mean()
+
+
+def test_random_init_bit_has_no_range_layer():
+  model = bit_resnet.build(CLASSES_IN_FILE, (32, 32, 3), 26, 1)
+  assert 'input_range' not in [layer.name for layer in model.layers]
+
+
+def test_hub_module_sees_zero_to_one_whatever_data_says(tmp_path):
+  # A stand-in module that outputs each image's pixel minimum and maximum.
+  module = tf.Module()
+  module.__call__ = tf.function(
+      lambda images: tf.stack([tf.reduce_min(images, [1, 2, 3]),
+                               tf.reduce_max(images, [1, 2, 3])], -1),
+      input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+  tf.saved_model.save(module, str(tmp_path / 'module'))
+  gin.parse_config('Data.value_range = (-1.0, 1.0)')
+  model = BACKBONES.get('hub')(num_classes=2, input_shape=(8, 8, 3),
+                               handle=str(tmp_path / 'module'), head=False,
+                               trainable=False)
+  pixels = np.linspace(0.0, 1.0, 2 * 8 * 8 * 3).reshape(2, 8, 8, 3)
+  seen = model(tf.constant(pixels * 2.0 - 1.0, tf.float32)).numpy()
+  np.testing.assert_allclose(seen, [[0.0, pixels[0].max()],
+                                    [pixels[1].min(), 1.0]], atol=1e-6)

@@ -10,6 +10,7 @@ import shutil
 import socket
 import struct
 import time
+import types
 
 import gin
 import numpy as np
@@ -402,6 +403,49 @@ def test_split_folders_share_one_class_list(tmp_path):
   test = DATASETS.get('image_folder')(split='test', root=root)
   assert test.num_classes == 3
   assert sorted({int(ex['label']) for ex in test.dataset}) == [1, 2]
+
+
+@pytest.mark.parametrize('entry', ['image_folder', 'unlabeled_image_folder'])
+def test_a_split_the_folder_does_not_have_is_an_error(entry, image_folder_root):
+  # Without {split} the folder is the one split 'train': a 'test' split used
+  # to read the training images (99.2% "test" accuracy in a trial).
+  extra = {'num_classes': 3} if entry.startswith('unlabeled') else {}
+  for split in ('test', 'banana', 'validation[:10%]'):
+    with pytest.raises(UserError) as info:
+      DATASETS.get(entry)(split=split, root=image_folder_root, **extra)
+    message = str(info.value)
+    for part in (f'{split!r} does not exist', image_folder_root,
+                 'root/{split}/class/image.jpg', "'train[85%:]'"):
+      assert part in message, message
+  assert DATASETS.get(entry)(split='train[85%:]', root=image_folder_root,
+                             **extra).num_examples == 2
+
+
+def test_class_folders_with_subfolders_are_an_error(tmp_path):
+  # The root one level too high: 'train' and 'test' would become 2 classes.
+  write_image_folder(str(tmp_path / 'train'))
+  write_image_folder(str(tmp_path / 'test'), per_class=2)
+  with pytest.raises(UserError) as info:
+    DATASETS.get('image_folder')(split='train', root=str(tmp_path))
+  message = str(info.value)
+  for part in (str(tmp_path / 'test'), "'abyssinian'", 'holds subfolders',
+               '{split}'):
+    assert part in message, message
+
+
+def test_test_split_overlapping_training_is_a_warning():
+  from fmx.tasks.base import warn_if_test_overlaps_training  # pylint: disable=g-import-not-at-top
+  data = types.SimpleNamespace(train_dataset='image_folder',
+                               eval_dataset='image_folder')
+  cases = {('train', 'train[85%:]'): True, ('train[:85%]', 'train[85%:]'): False,
+           ('train[:90%]', 'train[80%:]'): True, ('train[:100]', 'train[100:]'): False,
+           ('train', 'test'): False}
+  for (train, test), overlaps in cases.items():
+    data.train_split, data.test_split = train, test
+    assert warn_if_test_overlaps_training(data) == overlaps, (train, test)
+  data.eval_dataset = 'mnist_embedded'  # another dataset: nothing shared
+  data.train_split, data.test_split = 'train', 'train'
+  assert not warn_if_test_overlaps_training(data)
 
 
 def test_unlabeled_folder_finds_images_at_any_depth(unlabeled_root):

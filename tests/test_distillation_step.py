@@ -46,6 +46,9 @@ def test_step_trains_student_only_with_finite_loss(trained_teacher, tmp_path):
              for b, a in zip(student_before, student.get_weights())]
   assert all(changed[:2]) and sum(changed) > len(changed) // 2
   assert not task.teacher.trainable_weights
+  # Mixed training images have no single label: only agreement is logged.
+  assert [m.name for m in metrics] == ['agreement']
+  assert 0.0 <= float(metrics[0].result()) <= 1.0
 
 
 @pytest.mark.parametrize('mixup', ['mixup_roll', 'mixup_reverse', 'None'])

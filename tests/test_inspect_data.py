@@ -1,13 +1,14 @@
 """`fmx inspect-data`: the grid, and statistics checked against the pixels."""
 
 import os
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from matplotlib import image as matplotlib_image
 
-from conftest import write
+from conftest import REPO, write
 from fmx import cli, inspect_data
 
 HEIGHT, WIDTH = 48, 64
@@ -129,3 +130,18 @@ def test_cli_names_a_corrupt_image(tmp_path, colour_folder, capsys):
   err = capsys.readouterr().err
   assert f'cannot read or decode {root / "a" / "bad.png"}' in err
   assert not os.path.exists(tmp_path / 'x.png')
+
+
+def test_dry_run_draws_an_experiments_crops_offline(capsys):
+  # pets_fast follows big_vision: crops down to 5% of the image, ~13% of them
+  # under 10%; the original recipe's floor is 10% (tests/test_augmentations.py).
+  assert cli.main(['inspect-data', '--gin', os.path.join(REPO, 'experiments', 'pets_fast.gin'),
+                   '--dry_run', '--crops', '2000', '--batch_size', '4',
+                   '--out', os.devnull]) == 0
+  line = [l for l in capsys.readouterr().out.splitlines()
+          if l.startswith('crop area:')]
+  assert len(line) == 1 and line[0].endswith('(2000 crops)'), line
+  values = dict(re.findall(r'(min|p10|median|max) ([\d.]+)', line[0]))
+  assert 0.05 <= float(values['min']) < 0.06
+  assert float(values['p10']) < 0.1 < float(values['median']) < 0.5
+  assert float(values['max']) == 1.0

@@ -49,7 +49,10 @@ def test_soft_cross_entropy_matches_scipy_entropy_plus_kl(temperature):
 @pytest.mark.parametrize('smoothing', [0.0, 0.1])
 def test_hard_is_cross_entropy_on_teacher_argmax(smoothing):
   teacher, student = _logits(seed=4), _logits(seed=5)
-  targets = np.eye(10)[teacher.argmax(-1)] * (1 - smoothing) + smoothing / 10
+  # big_vision's smoothing: 1 - ls on the target, ls / (K - 1) on the others.
+  one_hot = np.eye(10)[teacher.argmax(-1)]
+  targets = np.where(one_hot == 1, 1 - smoothing, smoothing / 9)
+  np.testing.assert_allclose(targets.sum(-1), 1.0)
   expected = -(targets * _log_softmax(student)).sum(-1)
   got = LOSSES.get('hard')(teacher, student, label_smoothing=smoothing).numpy()
   np.testing.assert_allclose(got, expected, rtol=1e-5)

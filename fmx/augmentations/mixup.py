@@ -23,6 +23,9 @@ as the original implementation did on each of its 8 TPU replicas: partners
 are always images of the same replica, and the counts above are per replica.
 With `Data.mixup_scope = 'global'` the distillation step mixes the gathered
 global batch instead (fmx.tasks.distillation), and the counts are global.
+In both scopes the seed is the step's (Data.mixup_seed), so all replicas mix
+with the same coefficient (and permutation pattern): one per global batch, as
+the original drew it, and one per step, as big_vision's replicated RNG does.
 """
 
 import numpy as np

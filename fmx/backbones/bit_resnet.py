@@ -19,8 +19,12 @@ Layer names mirror the official variable names (`block1_unit01_a_conv` for
 `resnet/block1/unit01/a/standardized_conv2d`). The model is a functional
 tf_keras model of stock layers plus `StandardizedConv2D`, which is registered
 with Keras, so `model.to_json()` round-trips: that is how a distillation run
-rebuilds a teacher from its run's model.json. Inputs are images in [0, 1], as
-fmx's pipeline and the TF-Hub BiT modules use.
+rebuilds a teacher from its run's model.json.
+
+Inputs: a BiT trained from scratch takes the pipeline's images as they come
+(Data.value_range). One built with official `.npz` weights starts with a
+layer mapping Data.value_range onto [-1, 1], the range those weights were
+trained on (fmx.backbones.input_range), so they always see it.
 """
 
 from typing import Optional, Tuple
@@ -28,7 +32,7 @@ from typing import Optional, Tuple
 import tensorflow as tf
 import tf_keras
 
-from fmx.backbones import bit_weights
+from fmx.backbones import bit_weights, input_range
 from fmx.errors import UserError
 from fmx.registry import BACKBONES
 
@@ -146,7 +150,9 @@ def build(num_classes: int, input_shape: Tuple[int, int, int], depth: int,
     raise UserError(f'BiT ResNet width {width!r} is not a whole number from 1 '
                     'to 4 (BiT uses 1, 2, 3 and 4); set width to one of those.')
   inputs = tf_keras.Input(shape=input_shape, name='image')
-  x = tf_keras.layers.ZeroPadding2D(3, name='root_pad')(inputs)
+  x = (input_range.to_expected_range(inputs, input_range.BIT_NPZ_RANGE)
+       if weights else inputs)
+  x = tf_keras.layers.ZeroPadding2D(3, name='root_pad')(x)
   x = _conv(64 * width, 7, 'root_conv', strides=2)(x)
   x = tf_keras.layers.ZeroPadding2D(1, name='root_pool_pad')(x)
   x = tf_keras.layers.MaxPool2D(3, strides=2, name='root_pool')(x)

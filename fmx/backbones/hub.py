@@ -4,8 +4,9 @@ The original implementation fine-tuned a BiT-M module from TF-Hub (a feature
 extractor) with a zero-initialised Dense head; the `hub` entry does the same
 for any handle: a https://tfhub.dev/... URL, a gs:// path, or a local
 SavedModel folder, which `hub.KerasLayer` loads offline; or a short name of
-`BIT_M_HANDLES` such as 'bit_m-r101x3'. BiT-M modules expect images in
-[0, 1], which is what fmx's pipeline feeds.
+`BIT_M_HANDLES` such as 'bit_m-r101x3'. TF-Hub image modules (BiT-M's
+included) expect images in [0, 1]: the `hub` entry maps Data.value_range onto
+that (fmx.backbones.input_range), so a module sees [0, 1] whatever Data says.
 
 `saved_model_teacher` wraps a SavedModel that outputs logits as a frozen
 tf_keras model, for `distillation.teacher_saved_model`.
@@ -17,6 +18,7 @@ import tensorflow as tf
 import tensorflow_hub
 import tf_keras
 
+from fmx.backbones import input_range
 from fmx.errors import UserError
 from fmx.registry import BACKBONES
 
@@ -88,7 +90,8 @@ def hub(num_classes: int, input_shape: Tuple[int, int, int],
   setting = 'backbones.hub.handle'
   layer = keras_layer(handle, trainable, setting)
   inputs = tf_keras.Input(shape=input_shape, name='image')
-  outputs = _call(layer, inputs, handle, setting)
+  outputs = _call(layer, input_range.to_expected_range(
+      inputs, input_range.HUB_MODULE_RANGE), handle, setting)
   if head:
     # Zero-initialised like the original implementation's head on BiT-M.
     logits = tf_keras.layers.Dense(num_classes, kernel_initializer='zeros',

@@ -6,7 +6,10 @@
 
 `root` may hold `{split}` (e.g. '/data/pets/{split}' for train/, test/); the
 classes are then the sorted union of the class folders of every split folder,
-so a class missing from one split does not shift the others' indices. A split
+so a class missing from one split does not shift the others' indices. Without
+`{split}` the folder is one split, 'train'; any other split name is an error
+(it would read the training images). A class folder holding subfolders is an
+error too (a root one level too high). A split
 is sliced ('train[:90%]') over a stable file order: files sorted by a hash of
 their path inside the split folder, which mixes the classes (a slice keeps
 every class) and stays the same on every machine and listing order.
@@ -29,6 +32,8 @@ from fmx.errors import UserError
 from fmx.registry import DATASETS
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+# A root without {split} is one split of this name, sliceable ('train[:90%]').
+WHOLE_FOLDER_SPLIT = 'train'
 _SIZE_SAMPLES = 8  # images decoded to estimate a split's decoded size
 
 
@@ -41,6 +46,20 @@ def _images_under(folder: str) -> List[str]:
 
 
 def _split_root(root: str, split: str, key: str) -> str:
+  if (files.SPLIT_PLACEHOLDER not in root
+      and split_name(split) != WHOLE_FOLDER_SPLIT):
+    # Any split name used to read the whole folder: a 'test' split then
+    # silently evaluated on the training images.
+    raise UserError(
+        f'{key} = {root!r} has no {files.SPLIT_PLACEHOLDER}, so its only split '
+        f"is '{WHOLE_FOLDER_SPLIT}' (the whole folder): split {split!r} does "
+        'not exist. Either keep each split in its own folder, '
+        f'root/{files.SPLIT_PLACEHOLDER}/class/image.jpg, and write '
+        f"{files.SPLIT_PLACEHOLDER} in the root (e.g. "
+        f"'{root.rstrip('/')}/{files.SPLIT_PLACEHOLDER}' for {root}/train, "
+        f"{root}/test), or take slices of the one folder, e.g. "
+        "Data.train_split = 'train[:85%]' and Data.eval_split = "
+        "Data.test_split = 'train[85%:]'.")
   folder = files.for_split(root, split)
   network.require_cloud_storage(folder, key)
   if not tf.io.gfile.isdir(folder):
@@ -48,6 +67,24 @@ def _split_root(root: str, split: str, key: str) -> str:
                     'folder. Check the path; {split} in it is replaced by the '
                     "split's name (e.g. train, validation, test).")
   return folder
+
+
+def _class_images(class_folder: str, root: str, split: str,
+                  key: str) -> List[str]:
+  """The images of one class folder, which must hold no subfolders."""
+  _, subfolders, names = next(iter(tf.io.gfile.walk(class_folder)))
+  if subfolders:
+    # Typically a root one level too high: the "classes" are train/ and
+    # test/, and their class folders would be read as images of 2 classes.
+    shown = ', '.join(repr(s.rstrip('/')) for s in sorted(subfolders)[:3])
+    raise UserError(
+        f'{key} = {root!r}: the class folder {class_folder!r} (split '
+        f'{split!r}) holds subfolders ({shown}), not only images. image_folder'
+        ' reads root/class/image.jpg: if those subfolders are the classes, '
+        'point the root one level lower, or at '
+        f"'.../{files.SPLIT_PLACEHOLDER}' when they are split folders.")
+  return [os.path.join(class_folder, name) for name in names
+          if name.lower().endswith(IMAGE_EXTENSIONS)]
 
 
 def _class_names(root: str, folder: str) -> List[str]:
@@ -128,7 +165,8 @@ def image_folder(split: str, root: str = gin.REQUIRED, channels: int = 3,
   for label, name in enumerate(classes):
     class_folder = os.path.join(folder, name)
     if tf.io.gfile.isdir(class_folder):
-      pairs += [(path, label) for path in _images_under(class_folder)]
+      pairs += [(path, label)
+                for path in _class_images(class_folder, root, split, key)]
   if not pairs:
     raise UserError(f'{key} = {root!r}: the class folders of {folder!r} (split '
                     f'{split!r}) hold no {"/".join(IMAGE_EXTENSIONS)} images.')

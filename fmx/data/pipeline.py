@@ -13,7 +13,8 @@ are decoded (and checked) once per run and only augmented per epoch.
 
 MixUp runs here, in tf.data, on the batch one input pipeline builds: the
 per-replica batch ('replica' scope). Its partners are therefore always images
-of the same replica. See fmx.augmentations.mixup.
+of the same replica, but its coefficient is the step's, the same on every
+replica. See fmx.augmentations.mixup.
 
 The stream does not depend on how many workers read it: step s takes
 positions [s * G, (s + 1) * G) of it (G the global batch), on one device or
@@ -146,10 +147,9 @@ class Data:
     return tf.stack([tf.cast(seed, tf.int64), tf.cast(position, tf.int64)])
 
   @staticmethod
-  def mixup_seed(seed, batch_index):
-    """The seed of batch `batch_index`'s MixUp."""
-    return tf.stack([tf.cast(seed, tf.int64) + 1,
-                     tf.cast(batch_index, tf.int64)])
+  def mixup_seed(seed, step):
+    """The seed of step `step`'s MixUp, shared by all replicas in both scopes."""
+    return tf.stack([tf.cast(seed, tf.int64) + 1, tf.cast(step, tf.int64)])
 
   def _apply(self, ops, image, seed):
     image = tf.image.convert_image_dtype(image, tf.float32)
@@ -165,9 +165,9 @@ class Data:
                                  self.image_seed(seed, position)),
             'label': example['label']}
 
-  def _mix_batch(self, seed, batch_index, batch):
+  def _mix_batch(self, seed, step, batch):
     # MixUp stays within the value range: it is a convex combination.
-    images, _ = self.mixup(batch['image'], self.mixup_seed(seed, batch_index))
+    images, _ = self.mixup(batch['image'], self.mixup_seed(seed, step))
     return {'image': images, 'label': batch['label']}
 
   def _maybe_cache(self, dataset, source):
@@ -271,11 +271,14 @@ class Data:
                           num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     if self.mixup is not None and self.mixup_scope == 'replica':
-      # Seeded by the batch's index among every replica's batches, so the
-      # same replica batch mixes alike on one worker or several.
+      # Seeded by the step the batch is for, so every replica mixes its batch
+      # with the step's coefficient (one per global batch, as the original
+      # and big_vision drew it), on one worker or several.
+      replicas = input_context.num_replicas_in_sync if input_context else 1
       dataset = dataset.enumerate(start_batch).map(
           lambda index, batch: self._mix_batch(
-              seed, _replica_batch_index(index, input_context), batch),
+              seed, _replica_batch_index(index, input_context) // replicas,
+              batch),
           num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)
 

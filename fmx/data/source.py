@@ -116,3 +116,18 @@ def stratified_split(labels: np.ndarray, test_per_class: int) -> Dict[str, np.nd
   train = np.setdiff1d(np.arange(len(labels)), test)
   return {'train': np.random.RandomState(0).permutation(train),
           'test': np.random.RandomState(1).permutation(test)}
+
+
+def splits_overlap(first: str, second: str, size: int = 1_000_000) -> bool:
+  """Whether two splits of one dataset share examples.
+
+  True for the same base split with intersecting slices. `size` is the base
+  split's length: percent slices do not depend on it, and index slices are
+  compared as they are for any split longer than their indices.
+  """
+  name = split_name(first)
+  if split_name(second) != name:
+    return False
+  _, first_start, first_stop = slice_bounds(first, {name: size})
+  _, second_start, second_stop = slice_bounds(second, {name: size})
+  return first_start < second_stop and second_start < first_stop

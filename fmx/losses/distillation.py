@@ -47,16 +47,20 @@ def soft_cross_entropy(teacher_logits, student_logits, temperature: float = 1.0)
 
 @LOSSES.register(denylist=_FRAMEWORK_ARGS)
 def hard(teacher_logits, student_logits, label_smoothing: float = 0.0):
-  """Cross-entropy on the teacher's argmax (optionally label-smoothed).
+  """Cross-entropy on the teacher's argmax, optionally label-smoothed.
+
+  Smoothing as big_vision's: the target keeps 1 - ls and each of the K - 1
+  other classes gets ls / (K - 1) (not ls / K on every class).
 
   Args:
-    label_smoothing: share of the target spread evenly over all classes.
+    label_smoothing: share of the target spread over the other classes.
   """
   num_classes = tf.shape(teacher_logits)[-1]
   targets = tf.one_hot(tf.argmax(teacher_logits, -1), num_classes)
   if label_smoothing:
-    targets = targets * (1.0 - label_smoothing) + label_smoothing / tf.cast(
-        num_classes, tf.float32)
+    others = tf.cast(num_classes - 1, tf.float32)
+    targets = targets * (1.0 - label_smoothing) + (
+        1.0 - targets) * label_smoothing / others
   return -tf.reduce_sum(targets * _log_softmax(student_logits), -1)
 
 

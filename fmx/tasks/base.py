@@ -6,16 +6,17 @@ from gin through `Data` and `Training`, and add one hook for fmx's runner:
 `results(eval_logs)`, the task's fields of results.json.
 """
 
-from typing import Optional
+from typing import Callable, Optional
 
 import gin
 import tensorflow as tf
 import tf_keras
+from absl import logging
 from official.core import base_task
 
 from fmx.data import held_out
 from fmx.data.pipeline import Data
-from fmx.data.source import Source
+from fmx.data.source import Source, splits_overlap
 from fmx.registry import BACKBONES
 from fmx.training.settings import Optimizer, Training
 
@@ -31,7 +32,7 @@ class FmxTask(base_task.Task):
     super().__init__(params, logging_dir=logging_dir, name=name)
     self.data = Data()
     self.training = Training()
-    self.clipnorm = Optimizer().clipnorm
+    self.clip_gradients = Optimizer().clip  # grads -> clipped grads
     # The step a resumed run starts from (set by the runner before inputs are
     # built): its data stream starts there, exactly where the checkpoint left.
     self.start_step = 0
@@ -44,6 +45,7 @@ class FmxTask(base_task.Task):
                     for which in ('train', EVAL_SPLIT, TEST_SPLIT)}
     if self.data.check_held_out:
       held_out.check_held_out(self.sources)
+    warn_if_test_overlaps_training(self.data)
 
   @property
   def num_classes(self) -> int:
@@ -93,14 +95,29 @@ class FmxTask(base_task.Task):
     raise NotImplementedError
 
 
+def warn_if_test_overlaps_training(data: Data) -> bool:
+  """Warns (and returns True) when the test split shares training examples."""
+  if data.train_dataset != data.eval_dataset or not splits_overlap(
+      data.train_split, data.test_split):
+    return False
+  logging.warning(
+      'Data.test_split = %r overlaps Data.train_split = %r of the same dataset '
+      '%r: the final test result is then measured partly on training images. '
+      "Hold out a slice instead, e.g. Data.train_split = 'train[:85%%]' and "
+      "Data.test_split = 'train[85%%:]'.", data.test_split, data.train_split,
+      data.train_dataset)
+  return True
+
+
 def apply_gradients(tape: tf.GradientTape, loss, model: tf_keras.Model,
-                    optimizer, clipnorm=None) -> None:
+                    optimizer, clip: Optional[Callable] = None) -> None:
   """One update from this replica's mean loss; the same on every replica.
 
   Gradients are summed over replicas of each replica's loss / n (so the
-  update is that of the mean over the global batch), then clipped by their
-  global norm, then applied. float16 runs scale the loss (Model Garden wraps
-  the optimiser in a LossScaleOptimizer); bfloat16 needs no scaling.
+  update is that of the mean over the global batch), then clipped by `clip`
+  (Optimizer.clip), then applied. float16 runs scale the loss (Model Garden
+  wraps the optimiser in a dynamic LossScaleOptimizer); bfloat16 needs no
+  scaling.
   """
   context = tf.distribute.get_replica_context()
   num_replicas = context.num_replicas_in_sync if context else 1
@@ -114,10 +131,17 @@ def apply_gradients(tape: tf.GradientTape, loss, model: tf_keras.Model,
     grads = optimizer.get_unscaled_gradients(grads)
   if context and num_replicas > 1:
     grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-  if clipnorm:
-    grads, _ = tf.clip_by_global_norm(grads, clipnorm)
+  if clip is not None:
+    grads = clip(grads)
   optimizer.apply_gradients(zip(grads, model.trainable_variables),
                             experimental_aggregate_gradients=False)
+  if scaling:
+    # A step whose gradients overflow at the current loss scale is skipped,
+    # but Keras still counts it in `iterations`, which the learning-rate
+    # schedule and Adam's bias correction read: take it back, so both follow
+    # the updates actually applied. (The run's length is Orbit's global step.)
+    applied = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+    optimizer.iterations.assign_sub(tf.cast(tf.logical_not(applied), tf.int64))
 
 
 def update_mean(metric: tf_keras.metrics.Mean, values, weights=None) -> None:

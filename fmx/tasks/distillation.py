@@ -6,7 +6,7 @@ either an fmx teacher run (`teacher_run`, rebuilt from its model.json and
 checkpoint) or an exported SavedModel or TF-Hub handle of logits
 (`teacher_saved_model`, e.g. a teacher fine-tuned elsewhere). What the two
 models see follows `teaching` (fmx.tasks.teaching; default function matching).
-Labels are never used by the loss; they only feed the accuracy metrics. The trainer
+Labels are never used by the loss; they only feed the eval's accuracy metrics. The trainer
 checkpoints only `build_model()`'s output, the student: we never change the
 teacher, so there is nothing of it to save.
 """
@@ -26,8 +26,12 @@ from fmx.tasks import teacher_run
 from fmx.tasks import teaching as teaching_lib
 from fmx.tasks.base import FmxTask, apply_gradients, fit_to_model, to_float, top1_correct, top_k_correct, update_mean
 
-TRAIN_METRICS = ('student_top1', 'teacher_top1', 'agreement')
-EVAL_METRICS = TRAIN_METRICS + ('student_top5', 'teacher_top5', 'kl')
+# Training images are mixed: a mixed image's label is its slot's, not the
+# blend's, so label accuracies on them mislead; teacher-student agreement
+# needs no label. Accuracies are the eval's, on unmixed images.
+TRAIN_METRICS = ('agreement',)
+EVAL_METRICS = ('student_top1', 'teacher_top1', 'agreement', 'student_top5',
+                'teacher_top5', 'kl')
 
 
 @TASKS.register('distillation', denylist=('params', 'logging_dir', 'name'))
@@ -96,7 +100,8 @@ class DistillationTask(FmxTask):
         tf.function(self._teacher_call, jit_compile=True)
         if teacher_jit_compile else self._teacher_call)
     self.teacher: Optional[tf_keras.Model] = None
-    self.fixed_logits: Optional[tf.Tensor] = None  # for 'fixed_teacher'
+    # For 'fixed_teacher': the folder of the cached teacher outputs.
+    self.fixed_outputs: Optional[str] = None
 
   def build_model(self) -> tf_keras.Model:
     # Called under the strategy's scope by the trainer: the teacher's
@@ -119,15 +124,16 @@ class DistillationTask(FmxTask):
     if self.teaching == 'fixed_teacher':
       teacher_id = (os.path.abspath(tf.train.latest_checkpoint(self.teacher_run))
                     if self.teacher_run else self.teacher_saved_model)
-      self.fixed_logits = tf.constant(teaching_lib.fixed_teacher_outputs(
+      self.fixed_outputs = teaching_lib.cache_fixed_teacher_outputs(
           self.teacher, self.data, self.sources['train'], teacher_id,
-          self.teacher_output_cache))
+          self.teacher_output_cache)
     return self.build_backbone(self.student_backbone, scope='student')
 
   def train_inputs(self, batch_size, source, input_context=None):
     return teaching_lib.train_dataset(self.data, self.teaching, batch_size,
                                       self.training.seed, input_context, source,
-                                      self.start_batch(input_context))
+                                      self.start_batch(input_context),
+                                      self.fixed_outputs)
 
   @property
   def input_shape(self):
@@ -192,13 +198,13 @@ class DistillationTask(FmxTask):
         and self.data.mixup_scope == 'global'):
       images = self.mix_global_batch(images, optimizer.iterations)
     if self.teaching == 'fixed_teacher':
-      teacher_logits = tf.gather(self.fixed_logits, inputs['index'])
+      teacher_logits = inputs['teacher_logits']  # streamed from the cache
     else:  # the teacher's own view, else exactly the student's pixels
       teacher_logits = self.teacher_logits(inputs.get('teacher_image', images))
     with tf.GradientTape() as tape:
       student_logits = model(fit_to_model(model, images), training=True)
       loss = tf.reduce_mean(self.loss_fn(teacher_logits, student_logits))
-    apply_gradients(tape, loss, model, optimizer, self.clipnorm)
+    apply_gradients(tape, loss, model, optimizer, self.clip_gradients)
     self._update(metrics, inputs['label'], teacher_logits, student_logits)
     return {self.loss: loss}
 

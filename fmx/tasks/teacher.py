@@ -54,7 +54,7 @@ class TeacherTask(FmxTask):
     with tf.GradientTape() as tape:
       logits = model(inputs['image'], training=True)
       loss = tf.reduce_mean(self.loss_fn(inputs['label'], logits))
-    apply_gradients(tape, loss, model, optimizer, self.clipnorm)
+    apply_gradients(tape, loss, model, optimizer, self.clip_gradients)
     self._update(metrics, inputs['label'], logits)
     return {self.loss: loss}
 

@@ -7,7 +7,8 @@ What the teacher and the student see in a training step:
 - `independent_noise`: the same image, but independently augmented for each
   (`teacher_image` beside `image`), no MixUp.
 - `fixed_teacher`: the teacher's outputs on the central crop (the eval
-  preprocessing) of every training image, computed once and cached on disk;
+  preprocessing) of every training image, computed once and cached on disk
+  (float16 shards keyed by example index), then streamed beside the images;
   the student trains on augmented crops (no MixUp) against them.
 
 Only `function_matching` uses `Data.mixup`. Evaluation always runs the live
@@ -20,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import uuid
 from typing import Optional
 
 import gin
@@ -45,22 +47,38 @@ def check_mode(mode: str) -> str:
 
 def train_dataset(data: Data, mode: str, batch_size: int, seed: int,
                   input_context: Optional[tf.distribute.InputContext],
-                  source: Source, start_batch: int = 0) -> tf.data.Dataset:
-  """The training batches `mode` feeds to teacher and student, from `start_batch`."""
+                  source: Source, start_batch: int = 0,
+                  fixed_outputs: Optional[str] = None) -> tf.data.Dataset:
+  """The training batches `mode` feeds to teacher and student, from `start_batch`.
+
+  `fixed_outputs`: for 'fixed_teacher', the folder of cached teacher outputs
+  (cache_fixed_teacher_outputs), streamed beside the images.
+  """
   if mode == 'function_matching':
     return data.train_dataset_fn(batch_size, seed, input_context, source,
                                  start_batch)
   if mode == 'fixed_teacher':
-    # Each example carries its position in the split, to look up its
-    # precomputed teacher outputs.
-    source = dataclasses.replace(source, dataset=source.dataset.enumerate().map(
-        lambda index, example: dict(example, index=index)))
+    # Each example carries its index in the split and its teacher outputs,
+    # read from disk beside it (never a graph constant: at ImageNet scale the
+    # outputs are GBs, past the 2 GB graph limit).
+    source = dataclasses.replace(source, dataset=tf.data.Dataset.zip(
+        source.dataset.enumerate(), read_fixed_outputs(fixed_outputs)).map(
+            _with_fixed_outputs))
   examples = data.train_examples(seed, input_context, source,
                                  start=start_batch * batch_size,
                                  batch_size=batch_size)
   augment = functools.partial(_augment, data, mode, seed)
   dataset = examples.map(augment, num_parallel_calls=AUTOTUNE)
   return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def _with_fixed_outputs(indexed, outputs):
+  index, example = indexed
+  with tf.control_dependencies([tf.debugging.assert_equal(
+      index, outputs['index'],
+      message='fixed-teacher outputs out of step with the split')]):
+    return dict(example, index=tf.identity(index),
+                teacher_logits=outputs['logits'])
 
 
 def _augment(data: Data, mode: str, seed, position, example):
@@ -70,43 +88,99 @@ def _augment(data: Data, mode: str, seed, position, example):
         seed + _TEACHER_VIEW_SEED_OFFSET, position, example)['image']
   if mode == 'fixed_teacher':
     views['index'] = example['index']
+    views['teacher_logits'] = example['teacher_logits']
   return views
 
 
-def fixed_teacher_outputs(teacher, data: Data, source: Source, teacher_id: str,
-                          cache_dir: str, batch_size: int = 256) -> np.ndarray:
-  """The teacher's logits on the central crop of every example of `source`.
+# ----------------------------------------------------- fixed-teacher output cache
+#
+# A folder per (teacher, data) key: shards of EXAMPLES_PER_SHARD TFRecords in
+# split order, each {'index': int64, 'logits': float16 bytes} of one example,
+# plus key.json (the key, and the shape of an example's outputs: [classes]
+# for one teacher, [teachers, classes] for an ensemble's). Memory stays flat
+# whatever the split's size: the outputs are computed, written and read a
+# batch or a record at a time.
 
-  Cached in cache_dir under a key of the teacher and the data, so runs that
-  share both (e.g. seeds of a grid) compute them once.
-  """
+EXAMPLES_PER_SHARD = 10_000  # ~20 MB of float16 logits per shard at 1000 classes
+KEY_FILE = 'key.json'
+
+
+def cache_key(teacher_id: str, data: Data, source: Source) -> str:
+  """The key of a teacher's outputs on `source`'s eval view (a JSON string)."""
   # Every gin value that can change the data or its eval view (file
   # patterns, data_dirs, crop fractions, ...) is part of the key.
   data_values = sorted(line for line in gin.config_str().splitlines()
                        if re.match(r'^([\w]+/)*(Data|datasets|augmentations)\.', line))
-  key = json.dumps({'teacher': teacher_id, 'data': source.name,
-                    'examples': source.num_examples, 'size': data.image_size,
-                    'eval_ops': [op.__name__ for op in data.eval_ops],
-                    'value_range': list(data.value_range),
-                    'gin': data_values}, sort_keys=True)
-  path = os.path.join(cache_dir, hashlib.sha1(key.encode()).hexdigest() + '.npy')
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      return np.load(f)
-  logits = np.concatenate([
-      teacher(fit_to_model(teacher, batch['image']), training=False).numpy()
-      for batch in data.eval_dataset_fn(batch_size, source=source)])
-  if len(logits) != source.num_examples:
-    raise UserError(f'{source.name!r} yielded {len(logits)} examples, not the '
+  return json.dumps({'teacher': teacher_id, 'data': source.name,
+                     'examples': source.num_examples, 'size': data.image_size,
+                     'eval_ops': [op.__name__ for op in data.eval_ops],
+                     'value_range': list(data.value_range),
+                     'gin': data_values}, sort_keys=True)
+
+
+def cache_fixed_teacher_outputs(teacher, data: Data, source: Source,
+                                teacher_id: str, cache_dir: str,
+                                batch_size: int = 256) -> str:
+  """The folder of the teacher's logits on the central crop of `source`.
+
+  Computed once per key (teacher and data), so runs that share both (e.g.
+  seeds of a grid) reuse them; written to a temporary folder then renamed,
+  so an interrupted run leaves no half cache behind.
+  """
+  key = cache_key(teacher_id, data, source)
+  folder = os.path.join(cache_dir, hashlib.sha1(key.encode()).hexdigest())
+  if tf.io.gfile.exists(os.path.join(folder, KEY_FILE)):
+    return folder
+  # Unique, so runs computing the same key at once (a grid's seeds) never
+  # write into one another's files.
+  partial = f'{folder}.tmp-{uuid.uuid4().hex}'
+  tf.io.gfile.makedirs(partial)
+  written, shape, writer = 0, None, None
+  for batch in data.eval_dataset_fn(batch_size, source=source):
+    logits = teacher(fit_to_model(teacher, batch['image']), training=False)
+    for row in np.asarray(logits, np.float32).astype(np.float16):
+      if written % EXAMPLES_PER_SHARD == 0:
+        if writer:
+          writer.close()
+        writer = tf.io.TFRecordWriter(os.path.join(
+            partial, f'shard-{written // EXAMPLES_PER_SHARD:05d}.tfrecord'))
+      shape = list(row.shape)
+      writer.write(tf.train.Example(features=tf.train.Features(feature={
+          'index': tf.train.Feature(int64_list=tf.train.Int64List(value=[written])),
+          'logits': tf.train.Feature(bytes_list=tf.train.BytesList(
+              value=[row.tobytes()]))})).SerializeToString())
+      written += 1
+  if writer:
+    writer.close()
+  if written != source.num_examples:
+    tf.io.gfile.rmtree(partial)
+    raise UserError(f'{source.name!r} yielded {written} examples, not the '
                     f'{source.num_examples} it declares; cannot cache teacher '
                     'outputs for fixed_teacher.')
-  tf.io.gfile.makedirs(cache_dir)
-  # A temporary file of this process's own: grid points run in parallel
-  # (the seeds of one cell) compute the same cache at the same time.
-  tmp = f'{path}.{os.getpid()}.tmp'
-  with tf.io.gfile.GFile(tmp, 'wb') as f:
-    np.save(f, logits.astype(np.float32))
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-  with tf.io.gfile.GFile(path + '.json', 'w') as f:
-    f.write(key)
-  return logits
+  with tf.io.gfile.GFile(os.path.join(partial, KEY_FILE), 'w') as f:
+    json.dump({'key': json.loads(key), 'shape': shape, 'dtype': 'float16',
+               'examples': written}, f)
+  try:
+    tf.io.gfile.rename(partial, folder)
+  except (tf.errors.OpError, OSError):
+    if not tf.io.gfile.exists(os.path.join(folder, KEY_FILE)):
+      raise
+    tf.io.gfile.rmtree(partial)  # another run wrote the same key first
+  return folder
+
+
+def read_fixed_outputs(folder: str) -> tf.data.Dataset:
+  """{'index', 'logits' (float32)} of every example of a cache, in split order."""
+  with tf.io.gfile.GFile(os.path.join(folder, KEY_FILE)) as f:
+    shape = json.load(f)['shape']
+  shards = sorted(tf.io.gfile.glob(os.path.join(folder, 'shard-*.tfrecord')))
+  features = {'index': tf.io.FixedLenFeature([], tf.int64),
+              'logits': tf.io.FixedLenFeature([], tf.string)}
+
+  def parse(record):
+    example = tf.io.parse_single_example(record, features)
+    logits = tf.io.decode_raw(example['logits'], tf.float16)
+    return {'index': example['index'],
+            'logits': tf.cast(tf.reshape(logits, shape), tf.float32)}
+
+  return tf.data.TFRecordDataset(shards).map(parse)

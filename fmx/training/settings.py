@@ -124,6 +124,9 @@ class Training:
         loss_upper_bound=self.loss_upper_bound)
 
 
+CLIP_MODES = ('global_norm', 'per_variable')
+
+
 @gin.configurable
 class Optimizer:
   """An optimiser + linear warmup + cosine decay, via Model Garden.
@@ -131,8 +134,12 @@ class Optimizer:
   `decay`: 'cosine' (after a linear warmup), 'piecewise' (steps at fractions
   of the run, times multipliers) or 'constant'.
   `name`: 'adamw' (Model Garden's AdamWeightDecay: decoupled weight decay of
-  lr * weight_decay per step), 'adam' or 'sgd' (momentum). `clipnorm` clips
-  the global norm of the gradient summed over all replicas (in the task).
+  lr * weight_decay per step), 'adam' or 'sgd' (momentum). `epsilon`: Adam's
+  (None: Keras' and Model Garden's 1e-7; optax's, big_vision's, is 1e-8).
+  `clipnorm` clips the gradient summed over all replicas (in the task), by
+  `clip_mode`: 'global_norm' (the norm of all gradients together, big_vision)
+  or 'per_variable' (each variable's gradient by its own norm, as Keras'
+  `clipnorm` did in the original implementation).
   `weight_decay_on` restricts decay to variables whose names match one of its
   regexes, e.g. ['kernel'] for the official recipe's kernels-only decay. The
   cosine decay lasts exactly the run's train_steps, so the schedule ends at
@@ -160,6 +167,8 @@ class Optimizer:
                weight_decay: float = 0.0,
                weight_decay_on: Optional[Sequence[str]] = None,
                clipnorm: Optional[float] = None,
+               clip_mode: str = 'global_norm',
+               epsilon: Optional[float] = None,
                momentum: float = 0.9,
                piecewise_boundaries: Sequence[float] = (0.3, 0.6, 0.9),
                piecewise_multipliers: Sequence[float] = (1.0, 0.1, 0.01, 0.001)):
@@ -172,16 +181,28 @@ class Optimizer:
       raise UserError('Optimizer.piecewise_multipliers needs one value more than '
                       f'Optimizer.piecewise_boundaries ({len(piecewise_multipliers)}'
                       f' vs {len(piecewise_boundaries)}).')
+    if clip_mode not in CLIP_MODES:
+      raise UserError(f'Optimizer.clip_mode = {clip_mode!r}; use one of '
+                      f'{list(CLIP_MODES)}.')
+    self.clip_mode, self.epsilon = clip_mode, epsilon
     self.piecewise = (list(piecewise_boundaries), list(piecewise_multipliers))
     self.name, self.learning_rate, self.decay = name, learning_rate, decay
     self.warmup_steps, self.weight_decay = warmup_steps, weight_decay
     self.weight_decay_on = list(weight_decay_on) if weight_decay_on else None
     self.clipnorm, self.momentum = clipnorm, momentum
 
+  def clip(self, grads):
+    """`grads` clipped to `clipnorm` by `clip_mode` (unchanged without one)."""
+    if not self.clipnorm:
+      return grads
+    if self.clip_mode == 'per_variable':
+      return [tf.clip_by_norm(g, self.clipnorm) for g in grads]
+    return tf.clip_by_global_norm(grads, self.clipnorm)[0]
+
   def config(self, train_steps: int) -> optimization_config.OptimizationConfig:
     # Clipping is not the optimiser's: fmx.tasks.base.apply_gradients clips
-    # the global norm of the gradient summed over replicas (the optimisers
-    # would clip each replica's share, a bound n times looser on n replicas).
+    # the gradient summed over replicas (the optimisers would clip each
+    # replica's share, a bound n times looser on n replicas).
     if self.name == 'adamw':
       optimizer = {'weight_decay_rate': self.weight_decay,
                    'gradient_clip_norm': 0.0}
@@ -194,6 +215,8 @@ class Optimizer:
       optimizer = {}
     else:
       optimizer = {'momentum': self.momentum}
+    if self.epsilon is not None and self.name != 'sgd':
+      optimizer['epsilon'] = self.epsilon
     # A warmup as long as the run (tests, dry runs) is halved so the run
     # still decays; any warmup that fits is kept as configured.
     warmup = (self.warmup_steps if self.warmup_steps < train_steps
