@@ -153,7 +153,9 @@ class Optimizer:
     decay: 'cosine', 'piecewise' or 'constant', after the warmup.
     weight_decay: decoupled weight decay rate (adamw only).
     weight_decay_on: regexes of the variables to decay; None: all.
-    clipnorm: clip the global gradient norm to this; None: no clipping.
+    clipnorm: clip gradients to this norm (see clip_mode); None: no clipping.
+    clip_mode: 'global_norm' (all gradients together) or 'per_variable'.
+    epsilon: Adam's epsilon; None: Keras' 1e-7.
     momentum: momentum of 'sgd'.
     piecewise_boundaries: fractions of the run where 'piecewise' steps down.
     piecewise_multipliers: learning rate multipliers, one more than boundaries.
