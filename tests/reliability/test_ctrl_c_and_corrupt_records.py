@@ -24,7 +24,7 @@ from fmx.errors import Interrupted
 from fmx.training import preemption
 from test_interruptions import _finish, _latest_step, _run_until, _start, _weights
 
-STEPS = 122  # ceil(32 epochs x 61 records / 16): the corrupt one counts
+STEPS = 61  # ceil(16 epochs x 61 records / 16): the corrupt one counts
 
 
 def _image_folder(root):
@@ -42,7 +42,7 @@ def _image_folder(root):
 
 def _gin(tmp_path, name):
   model_dir = str(tmp_path / name)
-  text = tiny_teacher_gin(model_dir, epochs=32)
+  text = tiny_teacher_gin(model_dir, epochs=16)
   for line in TINY_DATA.splitlines():
     if line.startswith(("Data.train_dataset", "Data.eval_dataset",
                         "Data.train_split", "Data.eval_split", "Data.test_split")):
@@ -54,7 +54,7 @@ Data.eval_split = 'test'
 image_folder.root = '{tmp_path / 'images'}/{{split}}'
 image_folder.channels = 1
 Data.skip_corrupt = True
-Training.checkpoint_every_steps = 20
+Training.checkpoint_every_steps = 12
 """
   return write(tmp_path / f'{name}.gin', text), model_dir
 
@@ -70,13 +70,13 @@ def test_kill_and_ctrl_c_resume_exactly_past_a_corrupt_record(tmp_path):
   reference = _start(reference_gin)  # alongside the interrupted one
   gin_file, model_dir = _gin(tmp_path, 'interrupted')
 
-  code, _, _ = _run_until(gin_file, model_dir, 20, signal.SIGKILL, seed=0)
+  code, _, _ = _run_until(gin_file, model_dir, 12, signal.SIGKILL, seed=0)
   assert code == -signal.SIGKILL
-  code, _, err = _run_until(gin_file, model_dir, 60, signal.SIGINT, seed=1)
+  code, _, err = _run_until(gin_file, model_dir, 36, signal.SIGINT, seed=1)
   assert code == Interrupted.exit_code == 130, err
   assert 'Traceback' not in err
   saved = _latest_step(model_dir)
-  assert 60 <= saved < STEPS
+  assert 36 <= saved < STEPS
   message = [l for l in err.splitlines() if l.startswith('fmx: interrupted:')]
   assert len(message) == 1, err
   assert (f'SIGINT received: saved a checkpoint at step {saved} ' in message[0]
