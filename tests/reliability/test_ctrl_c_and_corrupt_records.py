@@ -72,11 +72,11 @@ def test_kill_and_ctrl_c_resume_exactly_past_a_corrupt_record(tmp_path):
 
   code, _, _ = _run_until(gin_file, model_dir, 12, signal.SIGKILL, seed=0)
   assert code == -signal.SIGKILL
-  code, _, err = _run_until(gin_file, model_dir, 36, signal.SIGINT, seed=1)
+  code, _, err = _run_until(gin_file, model_dir, 24, signal.SIGINT, seed=1)
   assert code == Interrupted.exit_code == 130, err
   assert 'Traceback' not in err
   saved = _latest_step(model_dir)
-  assert 36 <= saved < STEPS
+  assert 24 <= saved < STEPS
   message = [l for l in err.splitlines() if l.startswith('fmx: interrupted:')]
   assert len(message) == 1, err
   assert (f'SIGINT received: saved a checkpoint at step {saved} ' in message[0]
