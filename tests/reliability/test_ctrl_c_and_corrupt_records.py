@@ -17,7 +17,6 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from conftest import TINY_DATA, tiny_teacher_gin, write
 from fmx.errors import Interrupted
@@ -36,7 +35,8 @@ def _image_folder(root):
       os.makedirs(folder)
       for index in range(count):
         pixels = rng.integers(0, 256, (12, 12, 1), np.uint8) // (label + 1)
-        Image.fromarray(pixels[..., 0]).save(os.path.join(folder, f'{index}.png'))
+        with open(os.path.join(folder, f'{index}.png'), 'wb') as f:
+          f.write(tf.io.encode_png(pixels).numpy())
   write(os.path.join(root, 'train', 'class1', 'corrupt.png'), 'not an image')
 
 
