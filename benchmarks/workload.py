@@ -231,7 +231,7 @@ def build_runner(setup, trainer, model_dir: str):
   rollback = recovery.rollback_action(
       trainer, model_dir, training.nan_rollbacks, training.loss_upper_bound,
       lambda: runner.checkpoint_manager)
-  stop = preemption.stop_if_requested(setup.task.preemption, lambda: '',
+  stop = preemption.stop_if_requested(setup.task.preemption, lambda: ('', 0),
                                       model_dir)
   runner = train_lib.OrbitExperimentRunner(
       distribution_strategy=setup.strategy, task=setup.task, mode='train',

@@ -12,7 +12,8 @@ A user's mistake ends as one paragraph on stderr and exit code 2; a stack
 trace is only shown for fmx's own bugs (or with --traceback). Other exit
 codes of `fmx run`: 3 when the loss stayed non-finite after every allowed
 rollback, 75 when SIGTERM stopped it after saving a checkpoint (rerun the
-same command to resume), 130 on Ctrl-C.
+same command to resume), 130 when Ctrl-C did (a second Ctrl-C aborts at
+once, unsaved).
 """
 
 import argparse
@@ -59,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                    'from this one (refused by default; the old one is kept)')
   run.add_argument('--dry_run', action='store_true',
                    help='build everything offline at a tiny shape, one train '
-                   'and one eval step, in a temporary folder')
+                   'and one eval step, in a temporary folder (removed after)')
+  run.add_argument('--keep_dry_run', action='store_true',
+                   help="keep the dry run's temporary folder and print it")
 
   evaluate = commands.add_parser(
       'eval', help="evaluate a run's latest checkpoint on a split of its data")
@@ -225,10 +228,13 @@ def _run(args) -> None:
   if not args.verbose:
     progress.quiet_library_logs()
   results = run.run(args.gin, args.bind, args.model_dir, dry_run=args.dry_run,
-                    allow_config_change=args.allow_config_change)
+                    allow_config_change=args.allow_config_change,
+                    keep_dry_run=args.keep_dry_run)
   print(run.format_results(results))
   if args.dry_run:
-    print(f'dry run OK: everything built and stepped in {results["dry_run_dir"]}')
+    kept = (f' in {results["dry_run_dir"]}' if results['dry_run_dir'] else
+            ' (its temporary folder is removed; --keep_dry_run keeps it)')
+    print(f'dry run OK: everything built and stepped{kept}')
 
 
 def _eval(args) -> None:
@@ -267,7 +273,41 @@ def _tensorboard(args) -> int:
   command = [sys.executable, '-m', 'tensorboard.main', '--logdir', args.folder,
              '--port', str(args.port)]
   print(' '.join(command), flush=True)
-  return subprocess.call(command)
+  return _run_child(command)
+
+
+def _run_child(command: List[str]) -> int:
+  """Runs `command` until it ends, or until SIGTERM/Ctrl-C, which stop it too.
+
+  Ctrl-C at a terminal reaches the child as well, but a SIGTERM sent to fmx
+  alone (a scheduler, `kill`) would leave it running, its port taken.
+  """
+  import signal  # pylint: disable=g-import-not-at-top
+
+  def stop(number, _):
+    raise _Stopped(number)
+
+  child = subprocess.Popen(command)
+  previous = {number: signal.signal(number, stop)
+              for number in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    return child.wait()
+  except _Stopped as e:
+    return 128 + e.args[0]  # the shell's code for a process ended by it
+  finally:
+    for number, handler in previous.items():
+      signal.signal(number, handler)
+    if child.poll() is None:
+      child.terminate()
+      try:
+        child.wait(timeout=10)
+      except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+class _Stopped(Exception):
+  """A signal that stops `fmx tensorboard`; args[0] is its number."""
 
 
 def _inspect_data(args) -> None:
@@ -325,8 +365,10 @@ def main(argv: Optional[List[str]] = None) -> int:
   try:
     return COMMANDS[args.command](args) or 0
   except KeyboardInterrupt:
-    print('\nfmx: interrupted; rerun the same command to resume from the last '
-          'checkpoint.', file=sys.stderr)
+    resumes = args.command in ('run', 'grid')
+    print('\nfmx: interrupted' + ('; rerun the same command to resume from '
+                                  'the last checkpoint.' if resumes else '.'),
+          file=sys.stderr)
     return EXIT_INTERRUPTED
   except StopRun as e:
     if args.traceback:

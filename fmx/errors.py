@@ -34,3 +34,13 @@ class Preempted(StopRun):
 
   exit_code = 75
   label = 'preempted'
+
+
+class Interrupted(Preempted):
+  """Ctrl-C: a checkpoint was saved at a step boundary; rerun to resume.
+
+  130 is what a shell reports for a process ended by SIGINT.
+  """
+
+  exit_code = 130
+  label = 'interrupted'

@@ -7,14 +7,15 @@
   pipeline the same number of whole batches, each example once.
 - A teacher run trained first trains on the same workers.
 - Two `fmx run` processes (MultiWorkerMirroredStrategy, TF_CONFIG on
-  127.0.0.1), resuming a run mid-way, end with the student of a one-device
-  run of the same global batch, and only the chief wrote the run folder.
+  127.0.0.1), stopped by a SIGTERM to one of them (both save at the same
+  step) and started again, end with the student of a one-device run of the
+  same global batch, and only the chief wrote the run folder.
 """
 
 import glob
 import json
 import os
-import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from official.core import train_utils
 
 from conftest import TINY_DATA, tiny_student_gin, tiny_teacher_gin, write
 from fmx.data.pipeline import Data
-from fmx.errors import UserError
+from fmx.errors import Preempted, UserError
 from fmx.registry import DATASETS
 from fmx.training import cluster
 from fmx.training import run
@@ -141,7 +142,12 @@ def _free_ports(count):
   return ports
 
 
-def _start_worker(index, hosts, gin_file, tmp_path):
+def _latest_step(model_dir):
+  checkpoint = tf.train.latest_checkpoint(str(model_dir))
+  return int(checkpoint.rsplit('-', 1)[1]) if checkpoint else -1
+
+
+def _start_worker(index, hosts, gin_file, tmp_path, label=''):
   """One `fmx run` worker of a two-worker cluster; its output goes to a file."""
   tf_config = {'cluster': {'worker': hosts},
                'task': {'type': 'worker', 'index': index}}
@@ -149,7 +155,8 @@ def _start_worker(index, hosts, gin_file, tmp_path):
              TMPDIR=str(tmp_path / 'tmp'), TF_CPP_MIN_LOG_LEVEL='3')
   return subprocess.Popen(
       [sys.executable, '-m', 'fmx.cli', 'run', '--gin', gin_file,
-       '--bind', MULTI_WORKER], stdout=open(tmp_path / f'worker{index}.txt', 'w'),
+       '--bind', MULTI_WORKER],
+      stdout=open(tmp_path / f'worker{index}{label}.txt', 'w'),
       stderr=subprocess.STDOUT, text=True, env=env)
 
 
@@ -206,42 +213,57 @@ def _assert_non_chief_resumes_like_the_chief(model_dir, write_dir):
     assert (manager.save(checkpoint_number=step) is not None) == saves, step
 
 
-def test_two_workers_resume_and_match_one_device(trained_teacher, tmp_path):
-  """A run of two workers, resumed mid-run, ends with the one-device student.
+def test_two_workers_stopped_by_sigterm_save_resume_and_match_one_device(
+    trained_teacher, tmp_path):
+  """A run of two workers, stopped by SIGTERM mid-run and started again,
+  ends with the one-device student.
 
-  The run folder holds the checkpoint at step 48 of a one-device run of the
-  same config, as a run interrupted there would: both workers must resume
-  from it (the other worker reads it from the chief's folder) and continue
-  the same data stream. (SIGKILLing two workers and restarting them works
-  the same way, checked by benchmarks/multiworker_demo.py; a third launch
-  costs ~45 s here.)
+  SIGTERM reaches one worker only (a preempted machine): both stop before
+  the same step, save a checkpoint there together and exit 75. Started
+  again, both resume from it (the other worker reads it from the chief's
+  folder) and continue the same data stream. (SIGKILLing two workers and
+  restarting them works the same way, checked by
+  benchmarks/multiworker_demo.py.)
   """
   model_dir = tmp_path / 'two_workers'
   gin_file = write(tmp_path / 'two.gin', tiny_student_gin(
       str(model_dir), trained_teacher[0]) + EXTRA)
   (tmp_path / 'tmp').mkdir()
   hosts = [f'127.0.0.1:{port}' for port in _free_ports(2)]
-  # The other worker starts first: it waits for the chief before it reads
-  # anything, so it starts up while the reference runs.
-  workers = [_start_worker(1, hosts, gin_file, tmp_path)]
+  workers = [_start_worker(i, hosts, gin_file, tmp_path) for i in range(2)]
   try:
+    deadline = time.monotonic() + 240
+    while _latest_step(model_dir) < 16:
+      assert workers[0].poll() is None and time.monotonic() < deadline, (
+          (tmp_path / 'worker0.txt').read_text()[-3000:])
+      time.sleep(0.01)
+    workers[1].send_signal(signal.SIGTERM)
+  finally:
+    codes = _wait(workers, 240)
+  outputs = [(tmp_path / f'worker{i}.txt').read_text() for i in range(2)]
+  assert codes == [Preempted.exit_code] * 2, outputs[0][-3000:] + outputs[1][-3000:]
+  stopped = _latest_step(model_dir)
+  assert 16 <= stopped < STEPS
+  for output in outputs:  # both stopped before the same step and saved it
+    assert f'saved a checkpoint at step {stopped} ' in output
+  chiefs = {workers[0].pid}
+
+  workers = [_start_worker(i, hosts, gin_file, tmp_path, 'again')
+             for i in range(2)]
+  try:
+    # The one-device reference meanwhile.
     reference_dir = str(tmp_path / 'one_device')
     reference = run.run([write(tmp_path / 'one.gin', tiny_student_gin(
         reference_dir, trained_teacher[0]) + EXTRA)])
     _assert_non_chief_resumes_like_the_chief(reference_dir,
                                              str(tmp_path / 'non_chief'))
-    model_dir.mkdir()
-    for name in glob.glob(os.path.join(reference_dir, f'ckpt-{RESUME_AT}.*')):
-      shutil.copy(name, model_dir)
-    tf.compat.v1.train.update_checkpoint_state(
-        str(model_dir), str(model_dir / f'ckpt-{RESUME_AT}'))
-    workers.insert(0, _start_worker(0, hosts, gin_file, tmp_path))
   finally:
     codes = _wait(workers, 240)
-  outputs = [(tmp_path / f'worker{i}.txt').read_text() for i in range(2)]
+  chiefs.add(workers[0].pid)
+  outputs = [(tmp_path / f'worker{i}again.txt').read_text() for i in range(2)]
   assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   for output in outputs:  # both resumed from the chief's checkpoint
-    assert f'resuming from the checkpoint at step {RESUME_AT}' in output
+    assert f'resuming from the checkpoint at step {stopped}' in output
 
   # The same student as on one device, to float32 rounding.
   expected = _weights(os.path.join(reference_dir, f'ckpt-{STEPS}'))
@@ -262,7 +284,7 @@ def test_two_workers_resume_and_match_one_device(trained_teacher, tmp_path):
   events = glob.glob(str(model_dir / '*' / 'events.out.tfevents.*'))
   assert {'train', 'validation', 'test'} <= {
       os.path.basename(os.path.dirname(e)) for e in events}
-  assert {int(os.path.basename(e).split('.')[-3]) for e in events} == {workers[0].pid}
+  assert {int(os.path.basename(e).split('.')[-3]) for e in events} == chiefs
   assert not glob.glob(str(model_dir / '*.before-*'))
   assert (model_dir / 'operative_config.gin').exists()
   assert not glob.glob(str(tmp_path / 'tmp' / 'fmx-*'))

@@ -11,6 +11,7 @@ from conftest import tiny_student_gin, tiny_teacher_gin, write
 from fmx import cli
 from fmx.errors import UserError
 from fmx.training import run
+from fmx.training import run_dir
 
 
 def _digest(folder):
@@ -78,9 +79,20 @@ def test_unfinished_teacher_is_trained_first_then_reused(tmp_path, capsys):
   teacher_gin = write(tmp_path / 'teacher.gin', tiny_teacher_gin(teacher_dir, epochs=0.25))
   student_gin = write(tmp_path / 'student.gin', tiny_student_gin(
       str(tmp_path / 'student'), teacher_dir, teacher_gin=teacher_gin, epochs=0.25))
-  assert cli.main(['run', '--gin', student_gin]) == 0
-  assert 'training it first' in capsys.readouterr().out
+  # The teacher inherits the data and runtime bindings, not the student's
+  # training ones (the teacher gin's learning rate is 3e-3).
+  assert cli.main(['run', '--gin', student_gin,
+                   '--bind', 'Data.shuffle_buffer = 32',
+                   '--bind', 'Optimizer.learning_rate = 0.01']) == 0
+  out = capsys.readouterr().out
+  assert 'training it first' in out
+  assert 'the teacher inherits: Data.shuffle_buffer = 32' in out
+  assert "the student's alone: Optimizer.learning_rate = 0.01" in out
   assert os.path.exists(os.path.join(teacher_dir, 'results.json'))
+  config = run_dir.parse_config(
+      open(os.path.join(teacher_dir, 'operative_config.gin')).read())
+  assert config['Data.shuffle_buffer'] == '32'
+  assert config['Optimizer.learning_rate'] == '0.003'
   before = _digest(teacher_dir)
   assert cli.main(['run', '--gin', student_gin, '--model_dir',
                    str(tmp_path / 'student2')]) == 0
@@ -115,6 +127,8 @@ def test_second_run_resumes_from_checkpoint(trained_teacher, tmp_path, caplog, c
              for r in caplog.records)
   assert 'resuming from the checkpoint at step 8' in capsys.readouterr().out
   assert second['global_step'] == 16
+  # The time of both invocations (the first one's is in its checkpoint).
+  assert second['train_seconds'] >= first['train_seconds']
   steps = sorted(int(f.split('-')[1].split('.')[0]) for f in os.listdir(model_dir)
                  if f.startswith('ckpt-') and f.endswith('.index'))
   assert steps[-1] == 16 and 8 in steps

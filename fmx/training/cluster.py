@@ -23,9 +23,7 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import tempfile
-import threading
 from typing import Iterator, Optional, Tuple
 
 import tensorflow as tf
@@ -226,32 +224,6 @@ def peers_lost_as_stop(role: Role):
         'again with the same command: they resume from '
         f'{tf.train.latest_checkpoint(role.model_dir) or "the start"}.'
     ) from None
-
-
-@contextlib.contextmanager
-def stop_on_sigterm(role: Role):
-  """Multi-worker: SIGTERM stops this worker at its next loop's end, unsaved.
-
-  fmx.training.preemption's save-then-stop needs every worker to stop at
-  the same step and save together, which signals to each worker do not
-  guarantee; so a multi-worker run stops without saving (its peers then
-  stop too, see peers_lost_as_stop) and resumes from its last checkpoint.
-  """
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-
-  def stop(*_):
-    raise Preempted(
-        'SIGTERM received: a multi-worker run stops without saving (its '
-        'workers can only save together); start every worker again to resume '
-        f'from {tf.train.latest_checkpoint(role.model_dir) or "the start"}.')
-
-  previous = signal.signal(signal.SIGTERM, stop)
-  try:
-    yield
-  finally:
-    signal.signal(signal.SIGTERM, previous)
 
 
 def check_tf_config() -> None:

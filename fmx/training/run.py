@@ -10,6 +10,7 @@ teacher first, from the teacher's own gin file, then carries on.
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -28,6 +29,7 @@ from fmx.errors import UserError
 from fmx.registry import TASKS
 from fmx.tasks import teacher_run
 from fmx.tasks.base import EVAL_SPLIT, TEST_SPLIT
+from fmx.training import batch_norm
 from fmx.training import cluster
 from fmx.training import dry_run as dry_run_lib
 from fmx.training import input_images
@@ -36,6 +38,7 @@ from fmx.training import preemption
 from fmx.training import progress
 from fmx.training import recovery
 from fmx.training import run_dir
+from fmx.training import teacher_bindings
 from fmx.training import trainer as trainer_lib
 from fmx.training.run_dir import write_text
 from fmx.training.settings import Experiment, Optimizer, Runtime, Training
@@ -43,28 +46,39 @@ from fmx.training.settings import Experiment, Optimizer, Runtime, Training
 def run(gin_files: Sequence[str], bindings: Sequence[str] = (),
         model_dir: Optional[str] = None, dry_run: bool = False,
         dry_run_root: Optional[str] = None,
-        allow_config_change: bool = False) -> dict:
+        allow_config_change: bool = False, keep_dry_run: bool = False) -> dict:
   """Parses the config, trains (or resumes) and returns results.json's content.
 
   With dry_run, everything happens offline at a tiny shape in dry_run_root
-  (default: a new temporary folder; dry runs sharing one reuse its dry-run
-  teachers), see fmx.training.dry_run. It is returned as results['dry_run_dir'].
+  (default: a new temporary folder, removed afterwards unless keep_dry_run;
+  dry runs sharing one reuse its dry-run teachers), see
+  fmx.training.dry_run. The folder is returned as results['dry_run_dir']
+  (None once removed).
 
   A model_dir holding a run of another config is refused unless
-  allow_config_change (see fmx.training.run_dir.check_config).
+  allow_config_change (see fmx.training.run_dir.check_config); a finished
+  run is not trained or evaluated again unless allow_config_change: its
+  results.json is returned as it is.
   """
   if not dry_run:
     return _run(gin_files, bindings, model_dir, None, allow_config_change)
   root = dry_run_root or tempfile.mkdtemp(prefix='fmx-dry-run-')
-  with dry_run_lib.offline_data():
-    results = _run(gin_files, bindings, model_dir, root, allow_config_change)
-  results['dry_run_dir'] = root
+  try:
+    with dry_run_lib.offline_data():
+      results = _run(gin_files, bindings, model_dir, root, allow_config_change)
+  finally:
+    # A dry run's folder holds a stand-in TF-Hub module, teachers and
+    # checkpoints (~360 MB for a BiT experiment): nothing to keep by default.
+    removed = not dry_run_root and not keep_dry_run
+    if removed:
+      shutil.rmtree(root, ignore_errors=True)
+  results.update(dry_run=True, dry_run_dir=None if removed else root)
   return results
 
 
 def _run(gin_files, bindings, model_dir, dry_run_root: Optional[str],
          allow_config_change: bool = False) -> dict:
-  bindings = list(bindings)
+  user_bindings, bindings = list(bindings), list(bindings)
   if dry_run_root is not None:
     bindings += dry_run_lib.bindings(dry_run_root)
   gin_config.parse(gin_files, bindings)
@@ -79,9 +93,15 @@ def _run(gin_files, bindings, model_dir, dry_run_root: Optional[str],
     run_dir = os.path.abspath(run_dir)
     bindings.append(f'distillation.teacher_run = {run_dir!r}')
     if not teacher_run.is_finished(run_dir):
+      inherited = _same_workers() + teacher_bindings.inherited(user_bindings)
       print(f'Teacher run {run_dir} has no finished checkpoint: training it '
             f'first with {teacher_gin}.', flush=True)
-      _run([teacher_gin], _same_workers(), run_dir, dry_run_root)
+      for binding in inherited:
+        print(f'  the teacher inherits: {binding}', flush=True)
+      for binding in user_bindings:
+        if binding not in inherited:
+          print(f"  the student's alone: {binding}", flush=True)
+      _run([teacher_gin], inherited, run_dir, dry_run_root)
     # The teacher run replaced the config; parsing again also restarts gin's
     # record of used values, so the operative config is this run's alone.
     gin_config.parse(gin_files, bindings)
@@ -95,6 +115,11 @@ def _run(gin_files, bindings, model_dir, dry_run_root: Optional[str],
   if not model_dir:
     raise UserError('no model_dir: pass --model_dir DIR or set '
                     "Experiment.model_dir = '...' in the gin file.")
+  if model_dir != experiment.model_dir:
+    # The operative config records the folder used (--model_dir wins).
+    with gin.unlock_config():
+      gin.bind_parameter('Experiment.model_dir', model_dir)
+    Experiment()
   # A data check failing inside the TF graph (a corrupt image met in
   # training) ends as its one-paragraph UserError.
   with decoding.data_errors_as_user_errors():
@@ -191,7 +216,7 @@ def train_and_evaluate(task_name: str, model_dir: str,
   allow_config_change) and have room for checkpoints; a corrupt latest
   checkpoint is moved aside for the previous one (fmx.training.run_dir).
   During training: non-finite losses roll back (fmx.training.recovery) and
-  SIGTERM saves and stops (fmx.training.preemption).
+  SIGTERM or Ctrl-C saves and stops (fmx.training.preemption).
   Under multi-worker, every worker runs this; only the chief writes
   model_dir (fmx.training.cluster).
   """
@@ -208,7 +233,7 @@ def _train_and_evaluate(setup: Setup, role: cluster.Role,
   model_dir = role.model_dir
   start = cluster.starting_checkpoint(strategy, role)
   task.start_step = start[0]
-  task.preemption = preemption.Preemption()
+  task.preemption = preemption.Preemption(across_workers=role.multi_worker)
   with strategy.scope():
     trainer = train_utils.create_trainer(params, task, train=True, evaluate=True,
                                          trainer_cls=trainer_lib.Trainer)
@@ -222,6 +247,17 @@ def _train_and_evaluate(setup: Setup, role: cluster.Role,
       run_dir.check_config(model_dir, config, allow_config_change,
                            setup.resolved)
       labels.announce(task, model_dir)
+  finished = cluster.from_chief(strategy, role, int(
+      role.is_chief and start[0] >= setup.train_steps and
+      tf.io.gfile.exists(os.path.join(model_dir, teacher_run.RESULTS_FILE))))
+  if finished and not allow_config_change:
+    # Rerunning a finished run's command changes nothing: evaluating again
+    # would only rewrite the same figures.
+    print(f'Run {model_dir} has finished (step {start[0]} of '
+          f'{setup.train_steps}); its results.json, unchanged. (To extend it, '
+          'rerun with more Training.epochs and --allow_config_change.)',
+          flush=True)
+    return teacher_run.read_results(model_dir)
   bar = progress.ProgressBar(setup.train_steps,
                              params.task.train_data.global_batch_size,
                              os.path.join(role.write_dir, 'train'),
@@ -231,20 +267,23 @@ def _train_and_evaluate(setup: Setup, role: cluster.Role,
   rollback = recovery.rollback_action(
       trainer, model_dir, training.nan_rollbacks, training.loss_upper_bound,
       lambda: runner.checkpoint_manager)
+  clock = TrainClock(trainer)
   stop = preemption.stop_if_requested(
       task.preemption, lambda: _save_finite(runner, trainer, model_dir), model_dir)
+  precise_statistics = batch_norm.recompute_before_evals(
+      trainer, task, strategy, params.trainer.validation_interval,
+      setup.train_steps, params.task.train_data.global_batch_size)
   same_statistics = _same_statistics_before_evals(
       trainer, strategy, params.trainer.validation_interval, setup.train_steps)
-  # Rollback first: a loop cut short by SIGTERM is checked before it is saved.
+  # Rollback first: a loop cut short by SIGTERM is checked before it is
+  # saved; statistics recomputed at an eval step are saved too.
   runner = cluster.ExperimentRunner(
       distribution_strategy=strategy, task=task, mode='train_and_eval',
       params=params, role=role, start=start, trainer=trainer,
-      train_actions=[rollback, stop, same_statistics, bar],
+      train_actions=[rollback, clock, precise_statistics, stop,
+                     same_statistics, bar],
       eval_actions=[progress.EvalPrinter(bar)])
   bar.attach(trainer.global_step)  # the controller has restored it by now
-  # Multi-worker runs cannot save on SIGTERM (see cluster.stop_on_sigterm).
-  on_sigterm = (cluster.stop_on_sigterm(role) if role.multi_worker
-                else task.preemption.watching())
   try:
     if task.start_step == 0:
       # Something to roll back to before the first periodic checkpoint.
@@ -255,21 +294,20 @@ def _train_and_evaluate(setup: Setup, role: cluster.Role,
       input_images.log_first_batch(task, model_dir,
                                    int(trainer.global_step.numpy()))
 
-    start = time.perf_counter()
+    clock.start()
     # The controller directly, not runner.run(): that also profiles the model to
     # count FLOPs, which costs ~20 s and prints TF1 warnings on every run.
-    with on_sigterm, run_dir.disk_errors_as_user_errors(model_dir):
+    with task.preemption.watching(), run_dir.disk_errors_as_user_errors(model_dir):
       with strategy.scope():
         runner.controller.train_and_evaluate(
             train_steps=setup.train_steps, eval_steps=-1,
             eval_interval=params.trainer.validation_interval)
   finally:
     bar.close()  # an error then starts on its own line
-  train_seconds = time.perf_counter() - start
 
   results = evaluate_split(setup, trainer, TEST_SPLIT,
                            summary_dir=os.path.join(role.write_dir, 'test'))
-  results.update(train_seconds=round(train_seconds, 1),
+  results.update(train_seconds=round(clock.total(), 1),
                  skipped_corrupt=decoding.total_skipped(task.sources.values()))
   if role.is_chief:
     # results.json marks the run finished: write it last, atomically, keeping
@@ -283,6 +321,40 @@ def _train_and_evaluate(setup: Setup, role: cluster.Role,
   # trained its teacher first reads the teacher's results.json next.
   cluster.from_chief(strategy, role, 0)
   return results
+
+
+class TrainClock:
+  """A train action: the seconds spent training, summed over invocations.
+
+  The total is a variable of the checkpoint, so a resumed run adds its own
+  time to that of the invocations before it, up to the step it resumed
+  from (a killed invocation's time after its last checkpoint was lost work
+  and is not counted). Set before every save (train actions run before
+  Orbit's checkpoint saves); it does not change what the run computes.
+  """
+
+  def __init__(self, trainer):
+    # Outside the strategy's scope: one local copy per worker, not a
+    # synchronised variable; the chief's is the one saved in model_dir.
+    with tf.device('/cpu:0'):
+      self.seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
+                                 name='fmx_train_seconds')
+    # Before the controller restores the checkpoint, so the restore fills it.
+    trainer.checkpoint.fmx_train_seconds = self.seconds
+    self._before, self._started = 0.0, None
+
+  def start(self) -> None:
+    """Starts this invocation's time, after the checkpoint was restored."""
+    self._before, self._started = float(self.seconds.numpy()), time.perf_counter()
+
+  def total(self) -> float:
+    """Seconds of training so far, this invocation's and the earlier ones'."""
+    if self._started is None:
+      return self._before
+    return self._before + time.perf_counter() - self._started
+
+  def __call__(self, _):
+    self.seconds.assign(self.total())
 
 
 def _same_statistics_before_evals(trainer, strategy, eval_interval: int,
@@ -309,15 +381,20 @@ def _same_statistics_before_evals(trainer, strategy, eval_interval: int,
   return act
 
 
-def _save_finite(runner, trainer, model_dir: str) -> str:
-  """Saves a checkpoint at the current step unless a weight is non-finite."""
+def _save_finite(runner, trainer, model_dir: str) -> Tuple[str, int]:
+  """Saves a checkpoint at the current step unless a weight is non-finite.
+
+  Returns what it did and the step a rerun resumes from.
+  """
   step = int(trainer.global_step.numpy())
   if recovery.all_finite(trainer):
     runner.controller.save_checkpoint()
-    return f'saved a checkpoint at step {step}'
+    return f'saved a checkpoint at step {step}', step
   # Never a checkpoint holding NaN: the last good one stays the latest.
-  return (f'the weights at step {step} are not finite, so '
-          f'{tf.train.latest_checkpoint(model_dir)} stays the latest checkpoint')
+  latest = tf.train.latest_checkpoint(model_dir)
+  return (f'the weights at step {step} are not finite, so {latest} stays the '
+          'latest checkpoint',
+          int(train_utils.read_global_step_from_checkpoint(latest)) if latest else 0)
 
 
 def _checkpoint_bytes(trainer) -> int:
@@ -375,8 +452,11 @@ def format_results(results: dict) -> str:
               if results.get('num_classes', 6) > 5 else []),
             ('parameters', f'{results["teacher_params"]:,}', f'{results["student_params"]:,}'),
             ('agreement', '', f'{results["agreement"]:.2%}'),
-            ('KL(teacher||student)', '', f'{results["kl"]:.4f}'),
-            ('compression', '', f'{ratio:.1f}x fewer parameters')]
+            ('KL(teacher||student)', '', f'{results["kl"]:.4f}')]
+    if not results.get('dry_run'):
+      # A dry run's teacher may be a stand-in for a TF-Hub module: its size
+      # says nothing.
+      rows.append(('compression', '', f'{ratio:.1f}x fewer parameters'))
   else:
     rows = [('', 'teacher'), ('test top-1', f'{results["top1"]:.2%}'),
             ('parameters', f'{results["params"]:,}')]

@@ -54,12 +54,25 @@ class Trainer(base_trainer.Trainer):
     The stop request (fmx.training.preemption) is read before every step, so
     a SIGTERM stops the loop between two whole steps, within one step's time,
     however long steps_per_loop is. (Ending the input stream instead would
-    cancel a step midway: some variables updated, others not.)
+    cancel a step midway: some variables updated, others not.) Under
+    multi-worker training the workers' requests are summed first, so every
+    worker stops before the same step.
     """
     preemption = getattr(self.task, 'preemption', None)
     if preemption is None:
       return super().create_train_loop_fn()
     stop = preemption.requested
+
+    def stop_now():
+      if not preemption.across_workers:
+        return stop.read_value()
+      # One scalar all-reduce: the same answer on every worker, which then
+      # also holds the request (its stop action saves with the others).
+      flags = self.strategy.run(lambda: tf.cast(stop.read_value(), tf.int32))
+      agreed = self.strategy.reduce(tf.distribute.ReduceOp.SUM, flags,
+                                    axis=None) > 0
+      stop.assign(tf.logical_or(stop.read_value(), agreed))
+      return agreed
 
     if not self._train_options.use_tf_while_loop:
       step_fn = (tf.function(self.train_step)
@@ -67,14 +80,14 @@ class Trainer(base_trainer.Trainer):
 
       def python_loop_fn(iterator, num_steps):
         for _ in range(int(num_steps)):
-          if bool(stop.numpy()):
+          if bool(stop_now()):
             break
           step_fn(iterator)
       return python_loop_fn
 
     def loop_fn(iterator, num_steps):
       for _ in tf.range(num_steps):
-        if stop.read_value():
+        if stop_now():
           break
         with tf.name_scope(''):
           self.train_step(iterator)
