@@ -52,20 +52,20 @@ class EarlyStopping:
     self.best = self.best_step = None
     self.waited = 0
     for step, value in history:
-      self._record(step, value)
+      self.record(step, value)
 
   @property
   def stopped(self) -> bool:
     return self.waited >= self.patience
 
-  def _record(self, step: int, value: float) -> None:
+  def record(self, step: int, value: float) -> None:
     if self.best is None or self._sign * (value - self.best) > self.min_delta:
       self.best, self.best_step, self.waited = value, step, 0
     else:
       self.waited += 1
 
   def __call__(self, output) -> None:
-    self._record(int(self._global_step.numpy()), float(output[self.metric]))
+    self.record(int(self._global_step.numpy()), float(output[self.metric]))
 
   def describe(self, step: int) -> str:
     return (f'early stopping at step {step}: validation {self.metric} has not '

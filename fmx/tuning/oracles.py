@@ -52,7 +52,11 @@ def build(name: str, objective: str, direction: str, dimensions,
                     f'its options are {", ".join(sorted(accepted))}.')
   hyperparameters = keras_tuner.HyperParameters()
   for dimension in dimensions:
-    dimension.add_to(hyperparameters)
+    try:
+      dimension.add_to(hyperparameters)
+    except (ValueError, TypeError) as e:
+      raise UserError(f'Tune.space[{dimension.key!r}] cannot be searched: '
+                      f'{e}') from None
   oracle_class = type(f'Fmx{base.__name__}', (_AtomicSaves, base), {})
   kwargs = dict(objective=keras_tuner.Objective(objective, direction),
                 hyperparameters=hyperparameters, allow_new_entries=False,

@@ -10,9 +10,11 @@
     }
 
 Each key is a gin parameter named exactly as a binding would name it; a
-trial binds `KEY = value` after the gin files. A range may add a step
-(('float', 0.0, 0.5, 0.1)) and a sampling ('linear', 'log' or 'reverse_log'),
-in any order after its bounds. Choices that are not all numbers or all
+trial binds `KEY = value` after the gin files. A range may add a sampling
+('linear', 'log' or 'reverse_log') and a step, in any order after its
+bounds: ('float', 0.0, 0.5, 0.1) is 0, 0.1, ..., 0.5; on a log range the
+step multiplies: ('float', 1e-4, 1e-2, 'log', 10) is 1e-4, 1e-3, 1e-2. The
+grid oracle needs a step on every range. Choices that are not all numbers or all
 strings (None, tuples, booleans) are offered by their gin text.
 
 The dimensions become Keras Tuner hyperparameters (Choice, Float, Int), the
@@ -150,8 +152,10 @@ def _dimension(key: str, spec) -> Dimension:
         f'not (the logarithm of {low!r} does not exist). Use a small positive '
         f"low bound, e.g. ('{kind}', {1e-5 if kind == 'float' else 1}, "
         f"{high!r}, '{sampling}'), or 'linear' sampling to include {low!r}.")
-  if kind == 'int' and step is None and sampling == 'linear':
-    step = 1
+  if step is not None and sampling != 'linear' and step <= 1:
+    raise UserError(f'{where}: on a {sampling!r} range the step multiplies '
+                    f'(1e-4, 1e-3, 1e-2 is step 10), so it must be above 1; '
+                    f'{step!r} is not.')
   return Dimension(key, kind, low=low, high=high, step=step, sampling=sampling)
 
 
