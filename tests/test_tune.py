@@ -252,3 +252,26 @@ def test_early_stopping_run_stops_and_stays_stopped_on_resume(tmp_path, capsys):
   # Killed before results.json: the rerun remembers it had stopped.
   os.remove(os.path.join(model_dir, 'results.json'))
   assert run.run([gin_file])['global_step'] == 8
+
+
+TUNE_EXPERIMENTS = sorted(
+    os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, 'experiments', '*.gin'))
+    if 'Tune.space' in open(p).read())
+
+
+@pytest.mark.parametrize('experiment', TUNE_EXPERIMENTS)
+def test_tune_experiment_plans_and_proposes_a_trial(experiment, tmp_path):
+  """Space, keys, objective and oracle options of every shipped search."""
+  from fmx.tuning import oracles  # pylint: disable=g-import-not-at-top
+  plan = search_lib.plan([os.path.join(REPO, experiment)], str(tmp_path))
+  oracle = oracles.build(plan.oracle, plan.objective, plan.direction,
+                         plan.dimensions, plan.max_trials, plan.oracle_options,
+                         plan.seed, str(tmp_path))
+  trial = oracle.create_trial('tuner0')
+  assert trial.status == 'RUNNING'
+  assert set(search_lib.trial_values(plan, trial)) >= {d.key for d in plan.dimensions}
+
+
+def test_tune_experiments_are_found():
+  assert {'experiments/tune_teacher_pets.gin', 'experiments/tune_demo_teacher.gin',
+          'experiments/tune_demo_student.gin'} <= set(TUNE_EXPERIMENTS)

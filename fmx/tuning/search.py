@@ -208,11 +208,18 @@ def _check_same_search(search: Search) -> None:
 
 @dataclasses.dataclass
 class _Execution:
-  trial_id: str
   seed: int
   folder: str
   bindings: List[str]
   parent_folder: Optional[str]  # hyperband: the run this one continues
+
+
+@dataclasses.dataclass
+class _Slot:
+  """A trial being run by one of the driver's `parallel` slots."""
+  trial: object  # keras_tuner's Trial
+  pending: List[_Execution]  # executions not started yet
+  process: Optional[grid.RunProcess] = None  # the one running (parallel > 1)
 
 
 class _Driver:
@@ -224,7 +231,7 @@ class _Driver:
     # Runs share the machine's cores: each process gets its share of threads.
     self.threads = (max(1, (os.cpu_count() or 1) // self.parallel)
                     if self.parallel > 1 else None)
-    self.active = {}  # tuner id -> [kt trial, pending executions, running process]
+    self.active: Dict[str, _Slot] = {}  # by the oracle's tuner id
     self.completed_any = False
 
   def run(self) -> None:
@@ -239,9 +246,9 @@ class _Driver:
         elif stopped or not started:
           return  # the oracle has no trial left (or none it can offer now)
     finally:
-      for _, _, process in self.active.values():
-        if process is not None:  # interrupted: stop the children too
-          process.stop()
+      for slot in self.active.values():
+        if slot.process is not None:  # interrupted: stop the children too
+          slot.process.stop()
 
   def _fill_slots(self):
     """Starts trials on free slots: (the oracle has no more, any started)."""
@@ -260,7 +267,7 @@ class _Driver:
       started = True
       unfinished = [e for e in executions(self.search, trial)
                     if not os.path.exists(os.path.join(e.folder, grid.RESULTS_FILE))]
-      self.active[tuner_id] = [trial, unfinished, None]
+      self.active[tuner_id] = _Slot(trial, unfinished)
       self._advance(tuner_id)
     return False, started
 
@@ -273,16 +280,17 @@ class _Driver:
 
   def _advance(self, tuner_id: str) -> None:
     """Starts the trial's next execution, or ends the trial."""
-    trial, pending, _ = self.active[tuner_id]
-    while pending:
-      execution = pending.pop(0)
+    slot = self.active[tuner_id]
+    trial = slot.trial
+    while slot.pending:
+      execution = slot.pending.pop(0)
       self._announce(trial, execution)
       if self.parallel == 1:
         ok, message = _run_in_process(self.search, execution)
         if not ok:
           return self._end(tuner_id, 'FAILED', message)
         continue
-      self.active[tuner_id][2] = grid.RunProcess(
+      slot.process = grid.RunProcess(
           execution.folder, self.search.gin_files, execution.bindings,
           self.threads)
       return None
@@ -290,9 +298,10 @@ class _Driver:
 
   def _wait_for_one(self) -> None:
     while True:
-      for tuner_id, (_, _, process) in list(self.active.items()):
+      for tuner_id, slot in list(self.active.items()):
+        process = slot.process
         if process is not None and process.finished():
-          self.active[tuner_id][2] = None
+          slot.process = None
           if process.returncode == Preempted.exit_code:
             raise Preempted(f'a run of the search was preempted ({process.log}); '
                             'rerun the same command to resume the search.')
@@ -320,7 +329,7 @@ class _Driver:
       continue_checkpoint(execution.parent_folder, execution.folder)
 
   def _end(self, tuner_id: str, status: str, message: str = '') -> None:
-    trial = self.active.pop(tuner_id)[0]
+    trial = self.active.pop(tuner_id).trial
     if status == 'COMPLETED':
       scores = [objective_of(e.folder, self.search.metric, self.search.direction)
                 for e in executions(self.search, trial)]
@@ -353,7 +362,7 @@ def executions(search: Search, trial) -> List[_Execution]:
   for index in range(search.executions):
     seed = search.base_seed + index
     runs.append(_Execution(
-        trial.trial_id, seed, run_folder(search.root, trial.trial_id, seed),
+        seed, run_folder(search.root, trial.trial_id, seed),
         bindings + [f'Training.seed = {seed}'],
         run_folder(search.root, parent, seed) if parent else None))
   return runs
@@ -438,7 +447,9 @@ def collect(search: Search, oracle) -> TuneResult:
 def format_result(result: TuneResult) -> str:
   """The table of trials, best first, and the best trial's bindings."""
   keys = list(dict.fromkeys(k for t in result.trials for k in t.values))
-  header = ['trial', 'status', result.objective] + [k.split('.')[-1] for k in keys] + ['runs']
+  short = [k.split('.')[-1] for k in keys]
+  names = short if len(set(short)) == len(short) else keys
+  header = ['trial', 'status', result.objective] + names + ['runs']
   rows = [header]
   for trial in result.trials:
     objective = '-' if trial.objective is None else f'{trial.objective:.4f}'
