@@ -241,12 +241,12 @@ def _tune(args) -> int:
   _stop_on_sigterm()
   if not args.verbose:
     _quiet_training_logs()
-  from fmx import tuning  # pylint: disable=g-import-not-at-top
-  result = tuning.tune(args.gin, args.root, args.bind, oracle=args.oracle,
+  from fmx.tuning import search  # pylint: disable=g-import-not-at-top
+  result = search.tune(args.gin, args.root, args.bind, oracle=args.oracle,
                        max_trials=args.max_trials,
                        executions_per_trial=args.executions_per_trial,
                        objective=args.objective, parallel=args.parallel)
-  print(tuning.format_result(result))
+  print(search.format_result(result))
   print(f'compare with: fmx compare {args.root}   or   fmx tensorboard {args.root}')
   return 1 if any(t.status == 'FAILED' for t in result.trials) else 0
 

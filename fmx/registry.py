@@ -108,7 +108,7 @@ def load_all_entries() -> None:
   import fmx.backbones  # noqa: F401
   import fmx.data  # noqa: F401
   import fmx.grid  # noqa: F401  (Grid.axes may sit in any gin file)
-  import fmx.tuning.space  # noqa: F401  (Tune.space may sit in any gin file)
+  import fmx.tuning  # noqa: F401  (Tune.space may sit in any gin file)
   import fmx.losses  # noqa: F401
   import fmx.tasks  # noqa: F401
   import fmx.training  # noqa: F401
