@@ -33,6 +33,7 @@ from fmx import gin_config
 from fmx import grid
 from fmx.errors import Preempted, StopRun, UserError
 from fmx.training import early_stopping
+from fmx.training.run_dir import write_text
 from fmx.tuning import oracles
 from fmx.tuning import space as space_lib
 
@@ -201,9 +202,7 @@ def _check_same_search(search: Search) -> None:
           f'({path}); its trials would not compare with the new ones. Use '
           'another --root, or restore the earlier settings to resume it.')
   else:
-    with open(path + '.tmp', 'w') as f:
-      json.dump(described, f, indent=2)
-    os.replace(path + '.tmp', path)
+    write_text(path, json.dumps(described, indent=2) + '\n')
 
 
 @dataclasses.dataclass
@@ -232,7 +231,7 @@ class _Driver:
     self.threads = (max(1, (os.cpu_count() or 1) // self.parallel)
                     if self.parallel > 1 else None)
     self.active: Dict[str, _Slot] = {}  # by the oracle's tuner id
-    self.completed_any = False
+    self.completed_any = any(t.status == 'COMPLETED' for t in oracle.trials.values())
 
   def run(self) -> None:
     try:
@@ -284,7 +283,7 @@ class _Driver:
     trial = slot.trial
     while slot.pending:
       execution = slot.pending.pop(0)
-      self._announce(trial, execution)
+      self._prepare_run(trial, execution)
       if self.parallel == 1:
         ok, message = _run_in_process(self.search, execution)
         if not ok:
@@ -313,7 +312,8 @@ class _Driver:
           return
       time.sleep(0.2)
 
-  def _announce(self, trial, execution: _Execution) -> None:
+  def _prepare_run(self, trial, execution: _Execution) -> None:
+    """Says what starts, records its hparams, gives it its parent's checkpoint."""
     values = ', '.join(f'{d.key}={d.value(trial.hyperparameters.values[d.key])}'
                        for d in self.search.dimensions)
     epochs = trial.hyperparameters.values.get('tuner/epochs')
