@@ -4,6 +4,7 @@
   eval           evaluate a run's latest (or --checkpoint) checkpoint on a split
   predict        top-k classes, by name, of image files (a run or an export)
   grid, compare  ablation grids and their comparison; tensorboard
+  tune           hyperparameter search with Keras Tuner oracles
   inspect-data   one augmented batch as a PNG, with statistics
   export, report ship the student (SavedModel/TFLite) and measure it
   list, describe registry entries and settings; one's parameters, types, defaults
@@ -93,6 +94,32 @@ def _parser() -> argparse.ArgumentParser:
   grid.add_argument('--root', required=True, help='folder holding one run per point')
   grid.add_argument('--parallel', type=int, default=1,
                     help='points run at once, each with its share of the cores')
+
+  tune = commands.add_parser(
+      'tune', help='hyperparameter search (Tune.space in the gin file) with '
+      'Keras Tuner oracles, one fmx run per trial; resumes')
+  tune.add_argument('--gin', action='append', required=True, metavar='FILE',
+                    help='gin file(s) declaring Tune.space; repeat to compose')
+  tune.add_argument('--root', required=True,
+                    help='folder holding the search and one run per trial')
+  tune.add_argument('--oracle', choices=('random', 'bayesian', 'hyperband', 'grid'),
+                    help='search algorithm (default: Tune.oracle, random)')
+  tune.add_argument('--max_trials', type=int,
+                    help='trials in all, counting earlier invocations '
+                    "(default: Tune.max_trials or the oracle's)")
+  tune.add_argument('--executions_per_trial', type=int,
+                    help='runs per trial, seeds Training.seed + 0, 1, ...; '
+                    'the objective is their mean (default: Tune.executions_per_trial, 1)')
+  tune.add_argument('--objective', metavar='validation/METRIC',
+                    help='maximised (minimised for losses): validation/top1, '
+                    'validation/student_top1, validation/agreement, ... '
+                    "(default: Tune.objective, the task's main metric)")
+  tune.add_argument('--parallel', type=int, default=1,
+                    help='trials at once, each run an `fmx run` process with its '
+                    'share of the cores (default: 1, in this process)')
+  tune.add_argument('--bind', action='append', default=[], metavar="'KEY = VALUE'",
+                    help='gin binding applied to every trial')
+  tune.add_argument('--verbose', action='store_true', help='show TF/Orbit logs')
 
   compare = commands.add_parser(
       'compare', help='table and plots of runs grouped over seeds')
@@ -257,6 +284,21 @@ def _grid(args) -> int:
   return 1 if any(o.status == 'failed' for o in outcomes) else 0
 
 
+def _tune(args) -> int:
+  _stop_on_sigterm()
+  from fmx.training import progress  # pylint: disable=g-import-not-at-top
+  if not args.verbose:
+    progress.quiet_library_logs()
+  from fmx.tuning import search  # pylint: disable=g-import-not-at-top
+  result = search.tune(args.gin, args.root, args.bind, oracle=args.oracle,
+                       max_trials=args.max_trials,
+                       executions_per_trial=args.executions_per_trial,
+                       objective=args.objective, parallel=args.parallel)
+  print(search.format_result(result))
+  print(f'compare with: fmx compare {args.root}   or   fmx tensorboard {args.root}')
+  return 1 if any(t.status == 'FAILED' for t in result.trials) else 0
+
+
 def _compare(args) -> None:
   from fmx import compare  # pylint: disable=g-import-not-at-top
   groups = compare.summarize(args.folders)
@@ -350,7 +392,7 @@ def _report(args) -> None:
 
 
 COMMANDS = {'run': _run, 'eval': _eval, 'list': _list, 'describe': _describe,
-            'grid': _grid,
+            'grid': _grid, 'tune': _tune,
             'compare': _compare, 'tensorboard': _tensorboard,
             'inspect-data': _inspect_data, 'export': _export,
             'predict': _predict,

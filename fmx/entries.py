@@ -15,5 +15,6 @@ def load_all() -> None:
   import fmx.data  # noqa: F401
   import fmx.grid  # noqa: F401  (Grid.axes may sit in any gin file)
   import fmx.losses  # noqa: F401
+  import fmx.tuning  # noqa: F401  (Tune.space may sit in any gin file)
   import fmx.tasks  # noqa: F401
   import fmx.training  # noqa: F401

@@ -205,45 +205,70 @@ def run_grid(gin_files: Sequence[str], axes: Dict[str, Sequence], root: str,
                                         for o in outcomes)
       while pending and len(running) < max(1, parallel) and not first_alone:
         point = pending.pop(0)
-        running.append(_start(point, gin_files, root, extra_bindings,
-                              threads if parallel > 1 else None))
+        folder = os.path.join(root, point.name)
+        os.makedirs(folder, exist_ok=True)
+        write_hparams(folder, point.values, point.name)
+        print(f'start  {point.name}', flush=True)
+        running.append((point, RunProcess(
+            folder, gin_files, list(extra_bindings) + point.bindings,
+            threads if parallel > 1 else None)))
       time.sleep(0.2)
-      for job in [j for j in running if j[1].poll() is not None]:
+      for job in [j for j in running if j[1].finished()]:
         running.remove(job)
-        point, process, log, start = job
-        log.close()
+        point, process = job
         ok = process.returncode == 0
-        outcomes.append(Outcome(point, 'done' if ok else 'failed', log.name,
-                                time.time() - start))
+        outcomes.append(Outcome(point, 'done' if ok else 'failed', process.log,
+                                process.seconds))
         print(f'{"done  " if ok else "FAILED"} {point.name} '
-              f'({time.time() - start:.0f} s){"" if ok else ": see " + log.name}',
+              f'({process.seconds:.0f} s){"" if ok else ": see " + process.log}',
               flush=True)
   finally:
-    for _, process, log, _ in running:  # interrupted: stop the children too
-      process.terminate()
-      process.wait()
-      log.close()
+    for _, process in running:  # interrupted: stop the children too
+      process.stop()
   order = {p.name: i for i, p in enumerate(grid_points)}
   return sorted(outcomes, key=lambda o: order[o.point.name])
 
 
-def _start(point: Point, gin_files, root, extra_bindings, threads):
-  folder = os.path.join(root, point.name)
-  os.makedirs(folder, exist_ok=True)
-  write_hparams(folder, point)
-  command = [sys.executable, '-m', 'fmx', 'run', '--model_dir', folder]
-  for gin_file in gin_files:
-    command += ['--gin', gin_file]
-  for binding in list(extra_bindings) + point.bindings + (
-      [f'Runtime.intra_op_threads = {threads}'] if threads else []):
-    command += ['--bind', binding]
-  log = open(os.path.join(folder, LOG_FILE), 'a')
-  log.write(f'$ {" ".join(command)}\n')
-  log.flush()
-  print(f'start  {point.name}', flush=True)
-  process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL)
-  return point, process, log, time.time()
+class RunProcess:
+  """`fmx run` into `folder` as a child process, its output in folder/log.txt.
+
+  `threads` (for runs sharing the machine) sets Runtime.intra_op_threads.
+  """
+
+  def __init__(self, folder: str, gin_files: Sequence[str],
+               bindings: Sequence[str], threads: Optional[int] = None):
+    command = [sys.executable, '-m', 'fmx', 'run', '--model_dir', folder]
+    for gin_file in gin_files:
+      command += ['--gin', gin_file]
+    for binding in list(bindings) + (
+        [f'Runtime.intra_op_threads = {threads}'] if threads else []):
+      command += ['--bind', binding]
+    self.log = os.path.join(folder, LOG_FILE)
+    self._log_file = open(self.log, 'a')
+    self._log_file.write(f'$ {" ".join(command)}\n')
+    self._log_file.flush()
+    self._start = time.time()
+    self.seconds = 0.0
+    self._process = subprocess.Popen(command, stdout=self._log_file,
+                                     stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+
+  @property
+  def returncode(self) -> Optional[int]:
+    return self._process.returncode
+
+  def finished(self) -> bool:
+    if self._process.poll() is None:
+      return False
+    self.seconds = time.time() - self._start
+    self._log_file.close()
+    return True
+
+  def stop(self) -> None:
+    """SIGTERM (the run saves a checkpoint and exits), then wait for it."""
+    self._process.terminate()
+    self._process.wait()
+    self._log_file.close()
 
 
 def _hparam_value(value):
@@ -253,27 +278,34 @@ def _hparam_value(value):
 def write_hparams_config(root: str, axes: Dict[str, Sequence],
                          task: str = 'distillation') -> None:
   """The HParams experiment at the grid root: axes as hparams, the metrics
-  that runs of `task` log."""
+  that runs of `task` log.
+
+  An axis is a list of values or a TensorBoard HParams domain (`fmx tune`'s
+  ranges: hp.RealInterval, hp.IntInterval).
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
-  hparams = [hp.HParam(key, hp.Discrete([_hparam_value(v) for v in values]))
-             for key, values in key_values(axes).items()]
+  ranges = {key: values for key, values in axes.items()
+            if isinstance(values, hp.Domain)}
+  listed = {key: values for key, values in axes.items() if key not in ranges}
+  hparams = [hp.HParam(key, domain) for key, domain in ranges.items()] + [
+      hp.HParam(key, hp.Discrete([_hparam_value(v) for v in values]))
+      for key, values in key_values(listed).items()]
   metrics = [hp.Metric(tag, group=group, display_name=f'{group}/{tag}')
              for group, tag in logged_metrics(task)]
   with tf.summary.create_file_writer(root).as_default():
     hp.hparams_config(hparams=hparams, metrics=metrics)
 
 
-def write_hparams(folder: str, point: Point) -> None:
-  """This point's hparam values, once per folder (a resumed run keeps them)."""
+def write_hparams(folder: str, values: Dict[str, object], name: str) -> None:
+  """A run's hparam values, once per folder (a resumed run keeps them)."""
   marker = os.path.join(folder, '.hparams_written')
   if os.path.exists(marker):
     return
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
   with tf.summary.create_file_writer(folder).as_default():
-    hp.hparams({k: _hparam_value(v) for k, v in point.values.items()},
-               trial_id=point.name)
+    hp.hparams({k: _hparam_value(v) for k, v in values.items()}, trial_id=name)
   open(marker, 'w').close()
 
 

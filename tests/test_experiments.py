@@ -39,7 +39,7 @@ def test_experiments_are_found():
 def test_lint_experiment_header_gives_command_and_reference(experiment):
   header = open(os.path.join(REPO, experiment)).read().split('include')[0]
   assert header.startswith('#'), 'an experiment opens with a comment'
-  assert re.search(r'fmx (run|grid) --gin ' + re.escape(experiment), header), (
+  assert re.search(r'fmx (run|grid|tune) --gin ' + re.escape(experiment), header), (
       'the header gives the command that runs it')
   reference = RECIPES[experiment]['reference']
   words = ' '.join(header.replace('#', ' ').split())

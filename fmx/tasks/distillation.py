@@ -51,6 +51,10 @@ class DistillationTask(FmxTask):
     teacher_output_cache: folder caching fixed_teacher's outputs.
   """
 
+  # What every evaluation logs (validation/<name>), the main metric first:
+  # early stopping and `fmx tune` objectives name one of them.
+  VALIDATION_METRICS = EVAL_METRICS + ('validation_loss',)
+
   def __init__(self, params, logging_dir=None, name=None,
                student: str = gin.REQUIRED,
                teacher_run: Optional[str] = None,
@@ -145,7 +149,7 @@ class DistillationTask(FmxTask):
     # The eval loss is a metric of per-example losses, weighted like the
     # others (Model Garden's own validation_loss would average the padded
     # batches' means). Training's loss is the trainer's.
-    names = TRAIN_METRICS if training else EVAL_METRICS + ('validation_loss',)
+    names = TRAIN_METRICS if training else self.VALIDATION_METRICS
     return [tf_keras.metrics.Mean(name) for name in names]
 
   def _check_teacher_compiles(self) -> None:

@@ -23,6 +23,10 @@ class TeacherTask(FmxTask):
     loss: a supervised loss entry, e.g. 'cross_entropy'.
   """
 
+  # What every evaluation logs (validation/<name>), the main metric first:
+  # early stopping and `fmx tune` objectives name one of them.
+  VALIDATION_METRICS = ('top1', 'validation_loss')
+
   def __init__(self, params, logging_dir=None, name=None,
                backbone: str = gin.REQUIRED, loss: str = 'cross_entropy'):
     super().__init__(params, logging_dir=logging_dir, name=name)
@@ -47,7 +51,7 @@ class TeacherTask(FmxTask):
     # The eval loss is a metric of per-example losses, weighted like the
     # others (Model Garden's own validation_loss would average the padded
     # batches' means). Training's loss is the trainer's.
-    names = ('top1',) if training else ('top1', 'validation_loss')
+    names = ('top1',) if training else self.VALIDATION_METRICS
     return [tf_keras.metrics.Mean(name) for name in names]
 
   def train_step(self, inputs, model, optimizer, metrics=None):

@@ -32,6 +32,7 @@ from fmx.tasks.base import EVAL_SPLIT, TEST_SPLIT
 from fmx.training import batch_norm
 from fmx.training import cluster
 from fmx.training import dry_run as dry_run_lib
+from fmx.training import early_stopping
 from fmx.training import input_images
 from fmx.training import labels
 from fmx.training import preemption
@@ -275,6 +276,8 @@ def _train_and_evaluate(setup: Setup, role: cluster.Role,
       setup.train_steps, params.task.train_data.global_batch_size)
   same_statistics = _same_statistics_before_evals(
       trainer, strategy, params.trainer.validation_interval, setup.train_steps)
+  early = early_stopping.for_run(training, task_name, task, model_dir,
+                                 task.start_step, trainer.global_step)
   # Rollback first: a loop cut short by SIGTERM is checked before it is
   # saved; statistics recomputed at an eval step are saved too.
   runner = cluster.ExperimentRunner(
@@ -282,7 +285,7 @@ def _train_and_evaluate(setup: Setup, role: cluster.Role,
       params=params, role=role, start=start, trainer=trainer,
       train_actions=[rollback, clock, precise_statistics, stop,
                      same_statistics, bar],
-      eval_actions=[progress.EvalPrinter(bar)])
+      eval_actions=[progress.EvalPrinter(bar)] + ([early] if early else []))
   bar.attach(trainer.global_step)  # the controller has restored it by now
   try:
     if task.start_step == 0:
@@ -299,16 +302,22 @@ def _train_and_evaluate(setup: Setup, role: cluster.Role,
     # count FLOPs, which costs ~20 s and prints TF1 warnings on every run.
     with task.preemption.watching(), run_dir.disk_errors_as_user_errors(model_dir):
       with strategy.scope():
-        runner.controller.train_and_evaluate(
-            train_steps=setup.train_steps, eval_steps=-1,
-            eval_interval=params.trainer.validation_interval)
+        _train_and_evaluate_loop(runner.controller, setup.train_steps,
+                                 params.trainer.validation_interval, early)
   finally:
     bar.close()  # an error then starts on its own line
+  stopped_early = None
+  if early and early.stopped:
+    step = int(trainer.global_step.numpy())
+    print(early.describe(step), flush=True)
+    stopped_early = early.summary(step)
 
   results = evaluate_split(setup, trainer, TEST_SPLIT,
                            summary_dir=os.path.join(role.write_dir, 'test'))
   results.update(train_seconds=round(clock.total(), 1),
                  skipped_corrupt=decoding.total_skipped(task.sources.values()))
+  if stopped_early:
+    results['early_stopped'] = stopped_early
   if role.is_chief:
     # results.json marks the run finished: write it last, atomically, keeping
     # an earlier run's (a rerun with other values) beside it.
@@ -355,6 +364,23 @@ class TrainClock:
 
   def __call__(self, _):
     self.seconds.assign(self.total())
+
+
+def _train_and_evaluate_loop(controller, train_steps: int, eval_interval: int,
+                             early: Optional[early_stopping.EarlyStopping]):
+  """Orbit's Controller.train_and_evaluate, ending when `early` says so.
+
+  Trains eval_interval steps, evaluates, and again, up to train_steps (or
+  until early stopping has run out of patience, after the evaluation's
+  summaries are written), then saves a checkpoint at the step reached.
+  """
+  step = int(controller.global_step.numpy())
+  while step < train_steps and not (early and early.stopped):
+    controller.train(steps=min(train_steps, step + eval_interval),
+                     checkpoint_at_completion=False)
+    controller.evaluate(steps=-1)
+    step = int(controller.global_step.numpy())
+  controller.save_checkpoint()
 
 
 def _same_statistics_before_evals(trainer, strategy, eval_interval: int,

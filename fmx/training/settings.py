@@ -63,7 +63,10 @@ class Training:
                compile_steps: bool = True,
                checkpoint_every_steps: Optional[int] = None,
                nan_rollbacks: int = 3,
-               loss_upper_bound: float = 1e6):
+               loss_upper_bound: float = 1e6,
+               early_stopping_patience: Optional[int] = None,
+               early_stopping_metric: str = 'auto',
+               early_stopping_min_delta: float = 0.0):
     self.epochs = epochs
     self.global_batch_size = global_batch_size
     self.eval_batch_size = eval_batch_size
@@ -81,6 +84,16 @@ class Training:
     # weights (fmx.training.recovery) before the run stops.
     self.nan_rollbacks = nan_rollbacks
     self.loss_upper_bound = loss_upper_bound
+    # Stop after this many evaluations in a row without improvement of the
+    # validation metric (Keras' EarlyStopping(patience) with evaluations for
+    # epochs); 'auto' is the task's main metric. See fmx.training.early_stopping.
+    self.early_stopping_patience = early_stopping_patience
+    self.early_stopping_metric = early_stopping_metric
+    self.early_stopping_min_delta = early_stopping_min_delta
+    if early_stopping_patience is not None and early_stopping_patience < 1:
+      raise UserError(f'Training.early_stopping_patience = '
+                      f'{early_stopping_patience}; use None (no early stopping) '
+                      'or a number of evaluations >= 1.')
     if checkpoints_to_keep < 1:
       raise UserError(f'Training.checkpoints_to_keep = {checkpoints_to_keep}; '
                       'keep at least 1 (2 or more let a run fall back when its '
