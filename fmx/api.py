@@ -307,12 +307,7 @@ def tune(gin_files: GinFiles, root: str, bindings: Sequence[str] = (),
   trial_id, values, objective, status and model_dirs), `.best` and
   `.best_bindings` ('KEY = VALUE' strings for fmx.run).
   """
-  try:
-    from fmx import tuning  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise UserError(f'fmx.tune needs the module fmx.tuning, which this fmx '
-                    f'cannot import ({e}); install a version of fmx that has '
-                    'it.') from None
+  from fmx import tuning  # pylint: disable=g-import-not-at-top  (Keras Tuner on first use)
   with _fresh_state():
     return tuning.tune(_as_list(gin_files), root, bindings=bindings,
                        oracle=oracle, max_trials=max_trials,

@@ -173,7 +173,3 @@ def test_tune_delegates_to_fmx_tuning(monkeypatch):
   assert calls == [((['a.gin'], 'root'), dict(
       bindings=(), oracle=None, max_trials=3, executions_per_trial=None,
       objective='top1', parallel=1))]
-  monkeypatch.setitem(sys.modules, 'fmx.tuning', None)  # an fmx without it
-  monkeypatch.delattr(fmx, 'tuning')
-  with pytest.raises(UserError, match='needs the module fmx.tuning'):
-    fmx.tune('a.gin', 'root')
