@@ -5,6 +5,7 @@ dataclass configs (`ExperimentConfig`, `OptimizationConfig`) are built from
 these values so the trainer, optimizers and schedules are Model Garden's own.
 """
 
+import dataclasses
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -13,9 +14,9 @@ import tensorflow as tf
 from absl import logging
 from official.common import distribute_utils
 from official.core import config_definitions as cfg
-from official.modeling.optimization.configs import optimization_config
 
 from fmx.errors import UserError
+from fmx.optimizers import shampoo as shampoo_optimizer
 
 
 @gin.configurable
@@ -108,7 +109,9 @@ class Optimizer:
   `decay`: 'cosine' (after a linear warmup), 'piecewise' (steps at fractions
   of the run, times multipliers) or 'constant'.
   `name`: 'adamw' (Model Garden's AdamWeightDecay: decoupled weight decay of
-  lr * weight_decay per step), 'adam' or 'sgd' (momentum). `clipnorm` clips
+  lr * weight_decay per step), 'adam', 'sgd' (momentum) or 'shampoo'
+  (fmx.optimizers.shampoo, with the same decoupled weight decay; `shampoo`
+  overrides its options, e.g. {'block_size': 64, 'graft_type': 'sgd'}). `clipnorm` clips
   the global norm of the gradient summed over all replicas (in the task).
   `weight_decay_on` restricts decay to variables whose names match one of its
   regexes, e.g. ['kernel'] for the official recipe's kernels-only decay. The
@@ -127,9 +130,11 @@ class Optimizer:
                clipnorm: Optional[float] = None,
                momentum: float = 0.9,
                piecewise_boundaries: Sequence[float] = (0.3, 0.6, 0.9),
-               piecewise_multipliers: Sequence[float] = (1.0, 0.1, 0.01, 0.001)):
-    if name not in ('adamw', 'adam', 'sgd'):
-      raise UserError(f"Optimizer.name = {name!r}; use 'adamw', 'adam' or 'sgd'.")
+               piecewise_multipliers: Sequence[float] = (1.0, 0.1, 0.01, 0.001),
+               shampoo: Optional[dict] = None):
+    if name not in ('adamw', 'adam', 'sgd', 'shampoo'):
+      raise UserError(f"Optimizer.name = {name!r}; use 'adamw', 'adam', 'sgd' "
+                      "or 'shampoo'.")
     if decay not in ('cosine', 'piecewise', 'constant'):
       raise UserError(f"Optimizer.decay = {decay!r}; use 'cosine', 'piecewise' "
                       "or 'constant'.")
@@ -142,14 +147,38 @@ class Optimizer:
     self.warmup_steps, self.weight_decay = warmup_steps, weight_decay
     self.weight_decay_on = list(weight_decay_on) if weight_decay_on else None
     self.clipnorm, self.momentum = clipnorm, momentum
+    self.shampoo = self.shampoo_options(shampoo or {})
 
-  def config(self, train_steps: int) -> optimization_config.OptimizationConfig:
+  @staticmethod
+  def shampoo_options(options: dict) -> dict:
+    """`Optimizer.shampoo`, checked against ShampooConfig's fields."""
+    known = {f.name for f in dataclasses.fields(shampoo_optimizer.ShampooConfig)}
+    known -= {'name', 'clipnorm', 'clipvalue', 'global_clipnorm',
+              'weight_decay_rate', 'include_in_weight_decay',
+              'exclude_from_weight_decay'}
+    unknown = sorted(set(options) - known)
+    if unknown:
+      raise UserError(f'Optimizer.shampoo has unknown option(s) {unknown}; the '
+                      f'options are {sorted(known)} (weight decay is set by '
+                      'Optimizer.weight_decay and Optimizer.weight_decay_on).')
+    choices = {'graft_type': shampoo_optimizer.GRAFT_TYPES,
+               'inverse_root': shampoo_optimizer.ROOT_METHODS}
+    for key, allowed in choices.items():
+      if key in options and options[key] not in allowed:
+        raise UserError(f'Optimizer.shampoo[{key!r}] = {options[key]!r}; use '
+                        f'one of {list(allowed)}.')
+    return dict(options)
+
+  def config(self, train_steps: int) -> shampoo_optimizer.OptimizationConfig:
     # Clipping is not the optimiser's: fmx.tasks.base.apply_gradients clips
     # the global norm of the gradient summed over replicas (the optimisers
     # would clip each replica's share, a bound n times looser on n replicas).
-    if self.name == 'adamw':
-      optimizer = {'weight_decay_rate': self.weight_decay,
-                   'gradient_clip_norm': 0.0}
+    if self.name in ('adamw', 'shampoo'):
+      optimizer = {'weight_decay_rate': self.weight_decay}
+      if self.name == 'adamw':
+        optimizer['gradient_clip_norm'] = 0.0
+      else:
+        optimizer.update(self.shampoo)
       if self.weight_decay_on:
         # Model Garden decays every variable not excluded, even with an
         # include list: exclude everything the include list does not name.
@@ -184,7 +213,8 @@ class Optimizer:
               'learning_rate': learning_rate}
     if warmup:
       config['warmup'] = {'type': 'linear', 'linear': {'warmup_steps': warmup}}
-    return optimization_config.OptimizationConfig(config)
+    # fmx's OptimizationConfig is Model Garden's plus the 'shampoo' choice.
+    return shampoo_optimizer.OptimizationConfig(config)
 
 
 @gin.configurable
