@@ -206,6 +206,6 @@ def test_a_wrong_shampoo_option_is_named(options, fragment):
       Optimizer.name = 'shampoo'
       Optimizer.learning_rate = 0.1
       Optimizer.shampoo = {options!r}""")
-  with pytest.raises(UserError, match=None) as error:
+  with pytest.raises(UserError) as error:
     Optimizer()
   assert fragment in str(error.value)

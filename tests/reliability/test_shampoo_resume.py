@@ -8,7 +8,6 @@ checkpoint, rerun, and compared tensor by tensor (model and optimizer) with
 an uninterrupted run of the same config.
 """
 
-import os
 import signal
 
 import numpy as np
