@@ -195,7 +195,9 @@ def main():
                            steps_per_loop=args.steps_per_loop or 'demo (28)',
                            warmup_steps=(args.warmup_steps if args.warmup_steps
                                          is not None else 'demo (100)'),
-                           teacher_epochs=args.teacher_epochs or 'demo (20)',
+                           teacher_epochs=(args.teacher_epochs or
+                                           ('see teacher_run' if args.teacher_run
+                                            else 'demo (20)')),
                            experiments=OPTIMIZERS)
   measure.write_results(args.json, workload, measure.machine(), start,
                         summary=summary, runs=runs)
