@@ -5,6 +5,7 @@ dataclass configs (`ExperimentConfig`, `OptimizationConfig`) are built from
 these values so the trainer, optimizers and schedules are Model Garden's own.
 """
 
+import dataclasses
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -13,9 +14,9 @@ import tensorflow as tf
 from absl import logging
 from official.common import distribute_utils
 from official.core import config_definitions as cfg
-from official.modeling.optimization.configs import optimization_config
 
 from fmx.errors import UserError
+from fmx.optimizers import shampoo as shampoo_optimizer
 
 
 @gin.configurable
@@ -147,8 +148,11 @@ class Optimizer:
   `decay`: 'cosine' (after a linear warmup), 'piecewise' (steps at fractions
   of the run, times multipliers) or 'constant'.
   `name`: 'adamw' (Model Garden's AdamWeightDecay: decoupled weight decay of
-  lr * weight_decay per step), 'adam' or 'sgd' (momentum). `epsilon`: Adam's
-  (None: Keras' and Model Garden's 1e-7; optax's, big_vision's, is 1e-8).
+  lr * weight_decay per step), 'adam', 'sgd' (momentum) or 'shampoo'
+  (fmx.optimizers.shampoo, with the same decoupled weight decay; `shampoo`
+  overrides its options, e.g. {'block_size': 64, 'graft_type': 'sgd'}).
+  `epsilon`: Adam's (None: Keras' and Model Garden's 1e-7; optax's,
+  big_vision's, is 1e-8).
   `clipnorm` clips the gradient summed over all replicas (in the task), by
   `clip_mode`: 'global_norm' (the norm of all gradients together, big_vision)
   or 'per_variable' (each variable's gradient by its own norm, as Keras'
@@ -160,7 +164,7 @@ class Optimizer:
   its tail at lr 0).
 
   Args:
-    name: 'adamw', 'adam' or 'sgd' (with momentum).
+    name: 'adamw', 'adam', 'sgd' (with momentum) or 'shampoo'.
     learning_rate: the peak learning rate, reached at the end of warmup.
     warmup_steps: steps of linear warmup from 0.
     decay: 'cosine', 'piecewise' or 'constant', after the warmup.
@@ -172,6 +176,8 @@ class Optimizer:
     momentum: momentum of 'sgd'.
     piecewise_boundaries: fractions of the run where 'piecewise' steps down.
     piecewise_multipliers: learning rate multipliers, one more than boundaries.
+    shampoo: Shampoo's options (fields of
+      fmx.optimizers.shampoo.ShampooConfig), e.g. {'block_size': 64}.
   """
 
   def __init__(self,
@@ -186,9 +192,11 @@ class Optimizer:
                epsilon: Optional[float] = None,
                momentum: float = 0.9,
                piecewise_boundaries: Sequence[float] = (0.3, 0.6, 0.9),
-               piecewise_multipliers: Sequence[float] = (1.0, 0.1, 0.01, 0.001)):
-    if name not in ('adamw', 'adam', 'sgd'):
-      raise UserError(f"Optimizer.name = {name!r}; use 'adamw', 'adam' or 'sgd'.")
+               piecewise_multipliers: Sequence[float] = (1.0, 0.1, 0.01, 0.001),
+               shampoo: Optional[dict] = None):
+    if name not in ('adamw', 'adam', 'sgd', 'shampoo'):
+      raise UserError(f"Optimizer.name = {name!r}; use 'adamw', 'adam', 'sgd' "
+                      "or 'shampoo'.")
     if decay not in ('cosine', 'piecewise', 'constant'):
       raise UserError(f"Optimizer.decay = {decay!r}; use 'cosine', 'piecewise' "
                       "or 'constant'.")
@@ -205,6 +213,7 @@ class Optimizer:
     self.warmup_steps, self.weight_decay = warmup_steps, weight_decay
     self.weight_decay_on = list(weight_decay_on) if weight_decay_on else None
     self.clipnorm, self.momentum = clipnorm, momentum
+    self.shampoo = self.shampoo_options(shampoo or {})
 
   def clip(self, grads):
     """`grads` clipped to `clipnorm` by `clip_mode` (unchanged without one)."""
@@ -214,13 +223,36 @@ class Optimizer:
       return [tf.clip_by_norm(g, self.clipnorm) for g in grads]
     return tf.clip_by_global_norm(grads, self.clipnorm)[0]
 
-  def config(self, train_steps: int) -> optimization_config.OptimizationConfig:
+  @staticmethod
+  def shampoo_options(options: dict) -> dict:
+    """`Optimizer.shampoo`, checked against ShampooConfig's fields."""
+    known = {f.name for f in dataclasses.fields(shampoo_optimizer.ShampooConfig)}
+    known -= {'name', 'clipnorm', 'clipvalue', 'global_clipnorm',
+              'weight_decay_rate', 'include_in_weight_decay',
+              'exclude_from_weight_decay'}
+    unknown = sorted(set(options) - known)
+    if unknown:
+      raise UserError(f'Optimizer.shampoo has unknown option(s) {unknown}; the '
+                      f'options are {sorted(known)} (weight decay is set by '
+                      'Optimizer.weight_decay and Optimizer.weight_decay_on).')
+    choices = {'graft_type': shampoo_optimizer.GRAFT_TYPES,
+               'inverse_root': shampoo_optimizer.ROOT_METHODS}
+    for key, allowed in choices.items():
+      if key in options and options[key] not in allowed:
+        raise UserError(f'Optimizer.shampoo[{key!r}] = {options[key]!r}; use '
+                        f'one of {list(allowed)}.')
+    return dict(options)
+
+  def config(self, train_steps: int) -> shampoo_optimizer.OptimizationConfig:
     # Clipping is not the optimiser's: fmx.tasks.base.apply_gradients clips
     # the gradient summed over replicas (the optimisers would clip each
     # replica's share, a bound n times looser on n replicas).
-    if self.name == 'adamw':
-      optimizer = {'weight_decay_rate': self.weight_decay,
-                   'gradient_clip_norm': 0.0}
+    if self.name in ('adamw', 'shampoo'):
+      optimizer = {'weight_decay_rate': self.weight_decay}
+      if self.name == 'adamw':
+        optimizer['gradient_clip_norm'] = 0.0
+      else:
+        optimizer.update(self.shampoo)
       if self.weight_decay_on:
         # Model Garden decays every variable not excluded, even with an
         # include list: exclude everything the include list does not name.
@@ -230,7 +262,7 @@ class Optimizer:
       optimizer = {}
     else:
       optimizer = {'momentum': self.momentum}
-    if self.epsilon is not None and self.name != 'sgd':
+    if self.epsilon is not None and self.name in ('adam', 'adamw'):
       optimizer['epsilon'] = self.epsilon
     # A warmup as long as the run (tests, dry runs) is halved so the run
     # still decays; any warmup that fits is kept as configured.
@@ -257,7 +289,8 @@ class Optimizer:
               'learning_rate': learning_rate}
     if warmup:
       config['warmup'] = {'type': 'linear', 'linear': {'warmup_steps': warmup}}
-    return optimization_config.OptimizationConfig(config)
+    # fmx's OptimizationConfig is Model Garden's plus the 'shampoo' choice.
+    return shampoo_optimizer.OptimizationConfig(config)
 
 
 @gin.configurable
