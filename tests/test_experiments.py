@@ -56,7 +56,8 @@ def test_lint_experiment_header_gives_command_and_reference(experiment):
 # rate wd / lr. The crop floor is max(area_range[0], min_object_covered).
 
 REFERENCE_WORDS = {'original': 'original implementation',
-                   'big_vision': 'big_vision', 'demo': 'embedded demo'}
+                   'big_vision': 'big_vision', 'demo': 'embedded demo',
+                   'study': 'docs/results.md'}
 
 _ORIGINAL_TEACHER = {
     'reference': 'original', 'task': 'teacher', 'optimizer': 'sgd',
@@ -92,15 +93,41 @@ def _with(base, **values):
   return dict(base, **values)
 
 
+_DEMO_TEACHER = _with(
+    _DEMO_STUDENT, task='teacher', epochs=20, mixup=None, coefficient=None,
+    loss=None, temperature=None, student=None, teacher_run=None,
+    teacher='simple_cnn')
+# The reproduction study (fmx/reproduce/studies.py): the demo's models and
+# optimiser; every run sees 300 epochs of its distillation set's 200 images
+# (the grids vary the set, the epochs and the way to teach).
+_STUDY_STUDENT = _with(_DEMO_STUDENT, reference='study', epochs=300,
+                       teacher_run='runs/reproduce/teacher')
+
+
 RECIPES = {
     'experiments/demo.gin': _DEMO_STUDENT,
     'experiments/ablations/mixup_variants.gin': _DEMO_STUDENT,
     'experiments/ablations/teaching_modes.gin': _DEMO_STUDENT,
-    'experiments/demo_teacher.gin': _with(
-        _DEMO_STUDENT, task='teacher', epochs=20, mixup=None, coefficient=None,
-        loss=None,
-        temperature=None, student=None, teacher_run=None,
-        teacher='simple_cnn'),
+    'experiments/demo_teacher.gin': _DEMO_TEACHER,
+    'experiments/demo_shampoo.gin': _with(_DEMO_STUDENT, optimizer='shampoo'),
+    # The demo's searches: shorter runs (their header's plan), warmup 20.
+    'experiments/tune_demo_teacher.gin': _with(_DEMO_TEACHER, batch=32,
+                                               warmup_steps=20),
+    'experiments/tune_demo_student.gin': _with(_DEMO_STUDENT, epochs=4,
+                                               warmup_steps=20),
+    # The original's search: 45 "epochs" of 10 steps at batch 512 = 450
+    # steps, 70 epochs of Pet37's 3,312 training images.
+    'experiments/tune_teacher_pets.gin': _with(_ORIGINAL_TEACHER, epochs=70),
+    'experiments/reproduce/01_distillation_helps.gin': _STUDY_STUDENT,
+    'experiments/reproduce/01_labels_only.gin': _with(
+        _STUDY_STUDENT, task='teacher', mixup=None, coefficient=None, loss=None,
+        temperature=None, student=None, teacher_run=None, teacher='simple_cnn'),
+    'experiments/reproduce/02_teaching_modes.gin': _STUDY_STUDENT,
+    'experiments/reproduce/03_patience.gin': _STUDY_STUDENT,
+    'experiments/reproduce/04_mixup.gin': _STUDY_STUDENT,
+    'experiments/reproduce/05_out_of_domain.gin': _STUDY_STUDENT,
+    'experiments/reproduce/06_shampoo.gin': _STUDY_STUDENT,
+    'experiments/reproduce/07_ensemble.gin': _STUDY_STUDENT,
     'experiments/flowers_teacher.gin': _ORIGINAL_TEACHER,
     'experiments/pets_teacher.gin': _ORIGINAL_TEACHER,
     'experiments/food101_teacher.gin': _ORIGINAL_TEACHER,
@@ -119,6 +146,10 @@ RECIPES = {
     'experiments/pets_fast.gin': _with(
         _BIG_VISION_FAST, epochs=1000, temperature=5, learning_rate=1e-2,
         weight_decay=1e-3 / 1e-2, teacher_run='runs/pets/teacher'),
+    'experiments/pets_fast_shampoo.gin': _with(
+        _BIG_VISION_FAST, epochs=1000, temperature=5, learning_rate=1e-2,
+        weight_decay=1e-3 / 1e-2, teacher_run='runs/pets/teacher',
+        optimizer='shampoo'),
     'experiments/food101_fast.gin': _with(
         _BIG_VISION_FAST, epochs=100, temperature=10, learning_rate=1e-2,
         weight_decay=1e-3 / 1e-2, teacher_run='runs/food101/teacher'),
