@@ -133,7 +133,8 @@ def config_differences(old: str, new: str,
       continue
     if (ignore_added_defaults and key not in before
         and _is_default(key, after[key])
-        and resolved.get(key, _BEFORE_ADDED.get(key)) == _BEFORE_ADDED.get(key)):
+        and (key not in _BEFORE_ADDED
+             or resolved.get(key, _BEFORE_ADDED[key]) == _BEFORE_ADDED[key])):
       continue
     if key in resolved and key in before and _value(before[key]) == resolved[key]:
       continue
