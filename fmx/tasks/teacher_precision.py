@@ -127,13 +127,19 @@ def keras_teacher(teacher: tf_keras.Model, precision: str) -> tf_keras.Model:
   if precision == 'float32':
     return teacher
   outputs = set(teacher.output_names or ())  # None: a subclassed model
+  # 16-bit weights, cast once here; but multi-worker strategies broadcast
+  # new variables with collectives that have no bfloat16 kernel: there the
+  # weights stay float32 and are cast at each call (same rounding).
+  weights = (f'mixed_{precision}' if precision == 'bfloat16' and isinstance(
+      tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
+             else precision)
 
   def policy(layer) -> str:
     if layer.name in outputs or _is_fixed_graph(layer):
       return layer.dtype_policy.name  # exact logits; traced float32 graphs
     if isinstance(layer, _NORMALIZATIONS):
       return f'mixed_{precision}'  # float32 weights and statistics
-    return precision  # 16-bit weights: cast once, here
+    return weights
 
   def clone_layer(layer):
     if isinstance(layer, tf_keras.Model):
