@@ -44,6 +44,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(BENCHMARKS, 'results')
 ORDER = ('input', 'parts', 'compare')
+PRECISION_ORDER = ('speed_saved_model', 'speed_bit', 'fidelity')
+PRECISION_TARGET = 1.5  # fmx's defaults / the seed-style baseline
 # The issue's targets, as (measured ratio's key, comparison, bound).
 TARGETS = {
     'fmx_over_baseline': ('fmx images/s / baseline images/s', '>=', 1.2),
@@ -68,11 +70,12 @@ def measure_phase(name: str, folder: str, workload) -> dict:
   """
   import measure  # pylint: disable=g-import-not-at-top
   import phases  # pylint: disable=g-import-not-at-top
+  import precision_phases  # pylint: disable=g-import-not-at-top
   measure.reset_peak_rss()
   start = time.perf_counter()
   with open(os.path.join(folder, f'{name}.log'), 'a') as log, \
       contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-    result = phases.PHASES[name](folder, workload)
+    result = {**phases.PHASES, **precision_phases.PHASES}[name](folder, workload)
   result['peak_rss_mb'] = measure.peak_rss_mb()
   result['accelerator_peak_mb'] = measure.accelerator_peak_mb()
   result['phase_seconds'] = time.perf_counter() - start
@@ -85,10 +88,11 @@ def run_phase(name: str, folder: str, workload) -> None:
     json.dump(measure_phase(name, folder, workload), f)
 
 
-def spawn_phase(name: str, folder: str, quick: bool, bindings) -> dict:
+def spawn_phase(name: str, folder: str, quick: bool, bindings,
+                extra=()) -> dict:
   """Runs one phase in a fresh process; its output goes to FOLDER/NAME.log."""
   command = [sys.executable, os.path.abspath(__file__), '--phase', name,
-             '--folder', folder] + (['--quick'] if quick else [])
+             '--folder', folder] + (['--quick'] if quick else []) + list(extra)
   for binding in bindings:
     command += ['--bind', binding]
   log_path = os.path.join(folder, f'{name}.log')
@@ -230,7 +234,14 @@ def main() -> None:
   parser.add_argument('--bind', action='append', default=[],
                       help="a gin binding for the run, e.g. 'Runtime.xla = True' "
                       '(repeatable)')
-  parser.add_argument('--phase', choices=ORDER, help=argparse.SUPPRESS)
+  parser.add_argument('--teacher_precision', action='store_true',
+                      help='baseline vs fmx float32 teacher vs fmx defaults '
+                      '(bfloat16 teacher where native), for a SavedModel and a '
+                      'BiT teacher, and bfloat16 fidelity (~10 min)')
+  parser.add_argument('--only', action='append', default=[],
+                      help='with --teacher_precision: run only these phases')
+  parser.add_argument('--phase', choices=ORDER + PRECISION_ORDER,
+                      help=argparse.SUPPRESS)
   parser.add_argument('--folder', help=argparse.SUPPRESS)
   args = parser.parse_args()
   workload = _workload(args.quick, args.bind)
@@ -243,6 +254,9 @@ def main() -> None:
   machine = measure.machine()  # load average before we add to it
   folder = tempfile.mkdtemp(prefix='fmx_distillation_bench_')
   start = time.perf_counter()
+  if args.teacher_precision:
+    precision_benchmark(folder, start, machine, args)
+    return
   try:
     print(f'workload: {workload.description}; phases, each in its own process:',
           flush=True)
@@ -265,6 +279,67 @@ def main() -> None:
   path = args.json or os.path.join(
       RESULTS, 'distillation-quick.json' if args.quick else 'distillation.json')
   measure.write_results(path, workload, machine, start, summary=summary,
+                        phases=results)
+
+
+def format_precision(results: dict, machine: dict) -> str:
+  """The table of the teacher-precision comparison."""
+  lines = [f'{machine["cpu"]}, {machine["cores"]} cores, TensorFlow '
+           f'{machine["tensorflow"]}; load average before: '
+           f'{machine["load_average"][0]}', '']
+  for phase in ('speed_saved_model', 'speed_bit'):
+    if phase not in results:
+      continue
+    result = results[phase]
+    rates, ratios = result['rates'], result['ratios']
+    lines.append(f'{result["description"]} (teacher precision: fmx_auto = '
+                 f'{result["teacher_precision"]["fmx_auto"]})')
+    for side in ('baseline', 'fmx_float32', 'fmx_auto'):
+      over = (f'{ratios[f"{side}_over_baseline"]:.2f}x the baseline '
+              f'(CPU time {ratios[f"{side}_over_baseline_cpu"]:.2f}x, median '
+              f'of rounds {ratios[f"{side}_over_baseline_median_of_rounds"]:.2f}x)'
+              if side != 'baseline' else '')
+      lines.append(f'  {side:<12} {rates[side]["images_per_second"]:6.1f} img/s'
+                   f'  {over}')
+    verdict = ('met' if ratios['fmx_auto_over_baseline'] >= PRECISION_TARGET
+               else 'MISSED')
+    lines += [f'  fmx defaults / baseline {ratios["fmx_auto_over_baseline"]:.2f}x '
+              f'(target >= {PRECISION_TARGET:.1f}x: {verdict}); bfloat16 / float32 '
+              f'teacher {ratios["auto_over_float32"]:.2f}x', '']
+  if 'fidelity' in results:
+    fidelity = results['fidelity']
+    for name in ('demo_teacher', 'bit_r26x1'):
+      f = fidelity[name]
+      lines.append(f'{name}: bfloat16 vs float32 teacher on {f["images"]} test '
+                   f'images: top-1 agreement {f["top1_agreement"]:.2%}, max '
+                   f'|logit difference| {f["max_abs_logit_difference"]:.4f} '
+                   f'(max |logit| {f["max_abs_logit"]:.1f}); teacher test top-1 '
+                   f'{f["teacher_test_top1"]:.2%}')
+    for precision, r in fidelity['demo_student'].items():
+      lines.append(f'demo student, teacher_precision {precision!r}: test top-1 '
+                   f'{r["student_top1"]:.2%}, agreement {r["agreement"]:.2%}')
+  return '\n'.join(lines)
+
+
+def precision_benchmark(folder: str, start: float, machine: dict, args) -> None:
+  import measure  # pylint: disable=g-import-not-at-top
+  import workload as workload_lib  # pylint: disable=g-import-not-at-top
+  names = args.only or PRECISION_ORDER
+  results = {}
+  try:
+    for name in names:
+      results[name] = spawn_phase(name, folder, False, args.bind,
+                                  ['--teacher_precision'])
+  finally:
+    if args.keep:
+      print(f'kept {folder}')
+    else:
+      shutil.rmtree(folder, ignore_errors=True)
+  machine['load_average_after'] = os.getloadavg()
+  print()
+  print(format_precision(results, machine))
+  path = args.json or os.path.join(RESULTS, 'teacher-precision.json')
+  measure.write_results(path, workload_lib.DEFAULT, machine, start,
                         phases=results)
 
 

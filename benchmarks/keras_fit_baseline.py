@@ -73,6 +73,10 @@ def load_teacher(run_dir: str) -> tf_keras.Model:
   for fmx's step, which is part of what is being compared.
   """
   from fmx.tasks import teacher_run  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(os.path.join(run_dir, teacher_run.ARCHITECTURE_FILE)):
+    # A SavedModel teacher, loaded as the original implementation loaded its
+    # fine-tuned teacher.
+    return tf_keras.models.load_model(run_dir, compile=False)
   with open(os.path.join(run_dir, teacher_run.ARCHITECTURE_FILE)) as f:
     teacher = tf_keras.models.model_from_json(f.read())
   tf.train.Checkpoint(model=teacher).read(

@@ -142,17 +142,20 @@ def parts(folder, workload) -> dict:
 
 
 class Alternation(tf_keras.callbacks.Callback):
-  """Times each baseline epoch, then one fmx loop, then float32 matmuls."""
+  """Times each baseline epoch, then one loop of each fmx controller, then
+  float32 matmuls; `controllers` maps a name (e.g. 'fmx') to an Orbit
+  controller."""
 
-  def __init__(self, controller, steps_per_loop: int):
+  def __init__(self, controllers, steps_per_loop: int):
     super().__init__()
-    self.controller = controller
+    self.controllers = controllers
     self.steps_per_loop = steps_per_loop
     self.matmul, self.matmul_flops = measure.matmul_function()
     self.matmul_seconds = []
-    self.seconds = {'fmx': [], 'baseline': []}
-    self.cpu_seconds = {'fmx': [], 'baseline': []}
-    self.peak_rss_mb = {'fmx': [], 'baseline': []}
+    names = ['baseline', *controllers]
+    self.seconds = {name: [] for name in names}
+    self.cpu_seconds = {name: [] for name in names}
+    self.peak_rss_mb = {name: [] for name in names}
 
   def _start(self):
     measure.reset_peak_rss()
@@ -169,14 +172,31 @@ class Alternation(tf_keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     self._stop('baseline')
-    self._start()
-    step = int(self.controller.global_step.numpy())
-    self.controller.train(steps=step + self.steps_per_loop,
-                          checkpoint_at_completion=False)
-    self._stop('fmx')
+    for name, controller in self.controllers.items():
+      self._start()
+      step = int(controller.global_step.numpy())
+      controller.train(steps=step + self.steps_per_loop,
+                       checkpoint_at_completion=False)
+      self._stop(name)
     start = time.perf_counter()
     measure.wait(self.matmul())
     self.matmul_seconds.append(time.perf_counter() - start)
+
+  def rates(self, images: int) -> dict:
+    """Images/s of each side over its timed loops (all but the first)."""
+    result = {}
+    for name, seconds in self.seconds.items():
+      timed, cpu = seconds[1:], self.cpu_seconds[name][1:]
+      result[name] = {
+          # Over all timed loops: every side ran under the same mix of load.
+          'images_per_second': images * len(timed) / sum(timed),
+          'images_per_cpu_second': images * len(timed) / sum(cpu),
+          'loop_images_per_second': [images / s for s in timed],
+          'loop_images_per_cpu_second': [images / s for s in cpu],
+          'warmup_seconds': seconds[0],
+          'peak_rss_mb_during_loops': max(self.peak_rss_mb[name][1:]),
+      }
+    return result
 
 
 def compare(folder, workload) -> dict:
@@ -191,7 +211,7 @@ def compare(folder, workload) -> dict:
   with setup.strategy.scope():
     distiller, dataset = keras_fit_baseline.build(folder, workload, model_dir,
                                                   total_steps)
-  alternation = Alternation(runner.controller, workload.steps_per_loop)
+  alternation = Alternation({'fmx': runner.controller}, workload.steps_per_loop)
   distiller.fit(dataset, epochs=loops, steps_per_epoch=workload.steps_per_loop,
                 callbacks=[alternation])
   images = workload.steps_per_loop * workload.batch_size
@@ -201,19 +221,7 @@ def compare(folder, workload) -> dict:
   result = {'paired_fmx_over_baseline': pairs,
             'matmul_flops_per_second': alternation.matmul_flops / statistics.mean(
                 alternation.matmul_seconds)}
-  for name in ('fmx', 'baseline'):
-    timed = alternation.seconds[name][1:]
-    result[name] = {
-        # Over all timed loops: both sides ran under the same mix of load.
-        'images_per_second': images * len(timed) / sum(timed),
-        'images_per_cpu_second': images * len(timed) / sum(
-            alternation.cpu_seconds[name][1:]),
-        'loop_images_per_second': [images / s for s in alternation.seconds[name][1:]],
-        'loop_images_per_cpu_second': [images / s for s in
-                                       alternation.cpu_seconds[name][1:]],
-        'warmup_seconds': alternation.seconds[name][0],
-        'peak_rss_mb_during_loops': max(alternation.peak_rss_mb[name][1:]),
-    }
+  result.update(alternation.rates(images))
   return result
 
 

@@ -61,6 +61,10 @@ class Workload:
   # for BiT teachers on CPUs (not for MobileNet-style ones). The baseline
   # runs its teacher as Keras loads it.
   teacher_jit_compile: bool = False
+  # 'run': an fmx teacher run (distillation.teacher_run); 'saved_model': the
+  # teacher exported as a Keras SavedModel (distillation.teacher_saved_model;
+  # the baseline loads it with tf_keras.models.load_model, as the original).
+  teacher_format: str = 'run'
   # Extra gin bindings for the run, e.g. "Runtime.xla = True" (both fmx's
   # and the baseline's config get them; the baseline only reads Data).
   bindings: Tuple[str, ...] = ()
@@ -116,7 +120,7 @@ def prepare_data(folder: str, workload: Workload) -> None:
 
 
 def write_teacher(folder: str, workload: Workload) -> str:
-  """An fmx teacher run of random weights at the workload's size; its folder."""
+  """An fmx teacher run (or SavedModel) of random weights; its folder."""
   tf_keras.utils.set_random_seed(0)
   teacher = build_backbone(workload.teacher, workload.teacher_params,
                            workload.image_size)
@@ -125,6 +129,9 @@ def write_teacher(folder: str, workload: Workload) -> str:
   head = teacher.layers[-1]
   head.kernel.assign(tf.random.normal(head.kernel.shape, stddev=0.05))
   run_dir = teacher_dir(folder, workload)
+  if workload.teacher_format == 'saved_model':
+    teacher.save(run_dir, save_format='tf', include_optimizer=False)
+    return run_dir
   teacher_run.write_architecture(teacher, run_dir)
   tf.train.Checkpoint(model=teacher).save(os.path.join(run_dir, 'ckpt'))
   with open(os.path.join(run_dir, teacher_run.RESULTS_FILE), 'w') as f:
@@ -134,7 +141,8 @@ def write_teacher(folder: str, workload: Workload) -> str:
 
 def teacher_dir(folder: str, workload: Workload) -> str:
   # A teacher run keeps the input size it was built at: one per resolution.
-  return os.path.join(folder, f'teacher-{workload.image_size}px')
+  return os.path.join(folder, f'teacher-{workload.teacher}-'
+                      f'{workload.teacher_format}-{workload.image_size}px')
 
 
 def _gin_value(value) -> str:
@@ -151,7 +159,8 @@ def gin_lines(folder: str, workload: Workload, model_dir: str,
       else "include 'gin/runtime/accelerator.gin'",
       "Experiment.task = 'distillation'",
       f"Experiment.model_dir = '{model_dir}'",
-      f"distillation.teacher_run = '{teacher_dir(folder, workload)}'",
+      f"distillation.teacher_{workload.teacher_format} = "
+      f"'{teacher_dir(folder, workload)}'",
       f"distillation.student = '{workload.student}'",
       "distillation.loss = 'kl'",
       f'losses.kl.temperature = {TEMPERATURE}',

@@ -63,9 +63,11 @@ EXPORT_FOLDER = 'export'
 REPRESENTATIVE_IMAGES = 200
 
 # Exports run on this machine's CPU whatever the run trained on: one device,
-# float32 (a mixed-precision run keeps float32 variables), all cores.
+# float32 (a mixed-precision run keeps float32 variables; the teacher, the
+# report's reference, as trained), all cores.
 EXPORT_BINDINGS = ("Runtime.distribution_strategy = 'one_device'",
                    'Runtime.mixed_precision = None',
+                   "distillation.teacher_precision = 'float32'",
                    'Runtime.intra_op_threads = None')
 
 

@@ -22,6 +22,7 @@ import tf_keras
 from fmx.backbones import hub
 from fmx.errors import UserError
 from fmx.registry import LOSSES, TASKS
+from fmx.tasks import teacher_precision as precision_lib
 from fmx.tasks import teacher_run
 from fmx.tasks import teaching as teaching_lib
 from fmx.tasks.base import FmxTask, apply_gradients, fit_to_model, to_float, top1_correct, top_k_correct, update_mean
@@ -65,6 +66,7 @@ class DistillationTask(FmxTask):
                student_image_size: Optional[int] = None,
                teacher_image_size: Optional[int] = None,
                teacher_jit_compile: bool = False,
+               teacher_precision: str = 'auto',
                teacher_output_cache: str = os.path.join(
                    os.path.expanduser('~'), '.cache', 'fmx', 'teacher_outputs')):
     if bool(teacher_run) == bool(teacher_saved_model):
@@ -103,19 +105,30 @@ class DistillationTask(FmxTask):
     self._teacher_forward = (
         tf.function(self._teacher_call, jit_compile=True)
         if teacher_jit_compile else self._teacher_call)
+    # 'auto': bfloat16 where the device computes it natively, else float32
+    # (fmx.tasks.teacher_precision); resolved here so the run folder's
+    # config check compares what the run really uses.
+    self.teacher_precision = precision_lib.resolve(teacher_precision)
+    self.resolved_settings = {
+        'distillation.teacher_precision': self.teacher_precision}
     self.teacher: Optional[tf_keras.Model] = None
     # For 'fixed_teacher': the folder of the cached teacher outputs.
     self.fixed_outputs: Optional[str] = None
+    # A SavedModel teacher's graph rewritten to teacher_precision, if any.
+    self._teacher_graph = None
 
   def build_model(self) -> tf_keras.Model:
     # Called under the strategy's scope by the trainer: the teacher's
     # variables are placed like the student's.
     if self.teacher_run:
-      self.teacher = teacher_run.load_teacher(self.teacher_run)
+      self.teacher = precision_lib.keras_teacher(
+          teacher_run.load_teacher(self.teacher_run), self.teacher_precision)
     else:
       self.teacher = hub.saved_model_teacher(
           self.teacher_saved_model,
           (self.teacher_image_size, self.teacher_image_size, self.input_shape[-1]))
+      self._teacher_graph = precision_lib.graph_teacher(self.teacher,
+                                                        self.teacher_precision)
     teacher_classes = self.teacher.output_shape[-1]
     if teacher_classes != self.num_classes:
       raise UserError(
@@ -128,6 +141,9 @@ class DistillationTask(FmxTask):
     if self.teaching == 'fixed_teacher':
       teacher_id = (os.path.abspath(tf.train.latest_checkpoint(self.teacher_run))
                     if self.teacher_run else self.teacher_saved_model)
+      # A bfloat16 teacher's outputs differ from the float32 one's: never
+      # reuse one's cache for the other.
+      teacher_id += f' ({self.teacher_precision})'
       self.fixed_outputs = teaching_lib.cache_fixed_teacher_outputs(
           self.teacher, self.data, self.sources['train'], teacher_id,
           self.teacher_output_cache)
@@ -171,11 +187,15 @@ class DistillationTask(FmxTask):
       ) from None
 
   def _teacher_call(self, images):
+    if self._teacher_graph is not None:
+      return self._teacher_graph(images)
     return self.teacher(images, training=False)
 
   def teacher_logits(self, images):
-    return tf.stop_gradient(
-        self._teacher_forward(fit_to_model(self.teacher, images)))
+    # float32 whatever the teacher computes in: the loss and the metrics
+    # compare logits, and a bfloat16 softmax would lose their small gaps.
+    return tf.stop_gradient(tf.cast(
+        self._teacher_forward(fit_to_model(self.teacher, images)), tf.float32))
 
   def mix_global_batch(self, images, step):
     """MixUp over the global batch: partners may come from any replica.

@@ -204,9 +204,10 @@ def build_setup(task_name: str, model_dir: str) -> Setup:
       task=task_config,
       trainer=training.trainer_config(train_steps, optimizer.config(train_steps)),
       runtime=runtime.runtime_config())
-  return Setup(task_name, task, strategy, params, train_steps,
-               resolved={'Runtime.mixed_precision': runtime.mixed_precision,
-                         'Runtime.xla': runtime.xla})
+  resolved = {'Runtime.mixed_precision': runtime.mixed_precision,
+              'Runtime.xla': runtime.xla}
+  resolved.update(getattr(task, 'resolved_settings', {}))  # e.g. the teacher's
+  return Setup(task_name, task, strategy, params, train_steps, resolved)
 
 
 def train_and_evaluate(task_name: str, model_dir: str,

@@ -27,6 +27,10 @@ CORRUPT_FOLDER = 'corrupt_checkpoints'
 # Values that do not change what a run computes: where it is written, and
 # how many threads share the cores (`fmx grid --parallel`).
 _IGNORED_KEYS = ('Experiment.model_dir', 'Runtime.intra_op_threads')
+# Settings added to fmx whose 'auto' default may change what a run did before
+# they existed: the value those runs ran with. Resuming such a run where
+# 'auto' now resolves otherwise is a config change, not an added default.
+_BEFORE_ADDED = {'distillation.teacher_precision': 'float32'}
 _DISK_ERRORS = ('No space left', 'Read-only file system', 'Permission denied',
                 'Disk quota exceeded')
 
@@ -142,6 +146,9 @@ def config_differences(old: str, new: str,
   new value is resolved at run time ('auto') to what it resolved to; an old
   value equal to that is no difference either (a run from before
   `Runtime.mixed_precision = 'auto'` that used None, resumed on a CPU).
+  An added key whose default resolves to other behaviour than the old run's
+  (`distillation.teacher_precision = 'auto'` meaning bfloat16 on a run that
+  computed its teacher in float32) is a difference.
   """
   resolved = resolved or {}
   before, after = parse_config(old), parse_config(new)
@@ -150,12 +157,18 @@ def config_differences(old: str, new: str,
     if key in _IGNORED_KEYS or before.get(key) == after.get(key):
       continue
     if (ignore_added_defaults and key not in before
-        and _is_default(key, after[key])):
+        and _is_default(key, after[key])
+        and (key not in _BEFORE_ADDED
+             or resolved.get(key, _BEFORE_ADDED[key]) == _BEFORE_ADDED[key])):
       continue
     if key in resolved and key in before and _value(before[key]) == resolved[key]:
       continue
-    lines.append(f'{key}: {before.get(key, "(unset)")} -> '
-                 f'{after.get(key, "(unset)")}')
+    unset = (f'(unset: {_BEFORE_ADDED[key]})' if key in _BEFORE_ADDED
+             else '(unset)')
+    here = (f' ({resolved[key]} here)' if key in resolved
+            and _value(after.get(key, '')) != resolved[key] else '')
+    lines.append(f'{key}: {before.get(key, unset)} -> '
+                 f'{after.get(key, "(unset)")}{here}')
   return lines
 
 

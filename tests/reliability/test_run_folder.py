@@ -190,7 +190,7 @@ def test_an_auto_value_that_resolves_to_the_old_runs_value_is_no_change():
       old, new, resolved={'Runtime.mixed_precision': None}) == []
   assert run_dir.config_differences(
       old, new, resolved={'Runtime.mixed_precision': 'bfloat16'}) == [
-          "Runtime.mixed_precision: None -> 'auto'"]
+          "Runtime.mixed_precision: None -> 'auto' (bfloat16 here)"]
 
 
 def test_a_run_folder_from_before_the_per_device_defaults_resumes(
