@@ -49,6 +49,8 @@ class DistillationTask(FmxTask):
     student_image_size: the student's input size; None: Data.image_size.
     teacher_image_size: a SavedModel teacher's input size; None: Data.image_size.
     teacher_jit_compile: compile the teacher's forward pass with XLA.
+    teacher_precision: 'auto' (bfloat16 where the device computes it natively,
+      else float32), 'float32', 'bfloat16' or 'float16'.
     teacher_output_cache: folder caching fixed_teacher's outputs.
   """
 

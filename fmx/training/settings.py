@@ -50,6 +50,11 @@ class Training:
     checkpoint_every_steps: steps between checkpoints; None: at every eval.
     nan_rollbacks: rollbacks to the last good checkpoint after a non-finite loss.
     loss_upper_bound: a loss above this counts as diverged.
+    early_stopping_patience: evaluations without improvement before the run
+      stops early; None: never.
+    early_stopping_metric: the validation metric watched; 'auto': the task's
+      main one (top-1 of the teacher, or of the student).
+    early_stopping_min_delta: the least gain that counts as an improvement.
   """
 
   def __init__(self,

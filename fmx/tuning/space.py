@@ -47,6 +47,16 @@ class Tune:
   'max_epochs': 27} for hyperband (whose max_epochs defaults to the base
   config's Training.epochs) or {'num_initial_points': 3} for bayesian.
   `seed` seeds the oracle (Keras Tuner takes 0 for 'no seed').
+
+  Args:
+    space: gin key -> a list of choices, ('float', low, high[, 'log']) or
+      ('int', low, high[, step]); see this module's docstring.
+    oracle: 'random', 'bayesian', 'hyperband' or 'grid'.
+    max_trials: trials to run; None: the oracle's default.
+    executions_per_trial: runs (seeds) per trial, whose objectives are averaged.
+    objective: 'auto' or 'validation/<metric>', maximised.
+    oracle_options: further keyword arguments of the Keras Tuner oracle.
+    seed: the oracle's seed.
   """
 
   def __init__(self, space: Optional[Dict[str, Any]] = None,

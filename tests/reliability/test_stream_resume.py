@@ -10,6 +10,7 @@ import types
 import gin
 import numpy as np
 import pytest
+import tf_keras
 
 from conftest import TINY_DATA
 from fmx.data.pipeline import Data
@@ -22,19 +23,27 @@ from fmx.tasks.base import FmxTask
 SPLIT, BATCH, START, COUNT = 'train[:40]', 8, 3, 10
 
 
-def _batches(mode, start_batch, count):
+def _batches(mode, start_batch, count, cache_dir):
   gin.parse_config(TINY_DATA + "Data.mixup = 'mixup_roll'")
   data = Data()
   source = DATASETS.get('mnist_embedded')(split=SPLIT)
-  dataset = teaching.train_dataset(data, mode, BATCH, 7, None, source, start_batch)
+  fixed_outputs = None
+  if mode == 'fixed_teacher':  # any teacher: its cached outputs ride along
+    teacher = tf_keras.Sequential([tf_keras.Input((16, 16, 1)),
+                                   tf_keras.layers.Flatten(),
+                                   tf_keras.layers.Dense(10)])
+    fixed_outputs = teaching.cache_fixed_teacher_outputs(
+        teacher, data, source, 'a random teacher', cache_dir)
+  dataset = teaching.train_dataset(data, mode, BATCH, 7, None, source,
+                                   start_batch, fixed_outputs)
   return [{k: v.numpy() for k, v in b.items()} for b in dataset.take(count)]
 
 
 @pytest.mark.parametrize('mode', teaching.MODES)
-def test_stream_from_start_batch_is_the_tail_of_the_full_stream(mode):
-  full = _batches(mode, 0, START + COUNT)
+def test_stream_from_start_batch_is_the_tail_of_the_full_stream(mode, tmp_path):
+  full = _batches(mode, 0, START + COUNT, str(tmp_path))
   gin.clear_config()
-  resumed = _batches(mode, START, COUNT)
+  resumed = _batches(mode, START, COUNT, str(tmp_path))  # the same cache
   assert len(resumed) == COUNT
   for expected, got in zip(full[START:], resumed):
     assert expected.keys() == got.keys()
