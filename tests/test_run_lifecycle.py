@@ -36,12 +36,15 @@ def test_teacher_inherits_every_dataset_entrys_bindings(dataset):
     assert teacher_bindings.inherited([f"{key} = '/data'"]) == [f"{key} = '/data'"]
 
 
-def test_teacher_inherits_data_and_runtime_not_the_students_training():
-  inherited = ['Data.image_size = 64', " Data.train_split = 'train[:90%]'",
+def test_teacher_inherits_data_reading_and_runtime_not_the_students_recipe():
+  inherited = ["Data.cache = 'none'", ' Data.shuffle_buffer = 64',
                "Runtime.distribution_strategy = 'multi_worker_mirrored'",
                'fmx.data.pipeline.Data.skip_corrupt = True',
                'Runtime.intra_op_threads=1']
-  students = ['Training.epochs = 1', 'Optimizer.learning_rate = 0.1',
+  # The student's data recipe: its distillation set, resolution, MixUp.
+  students = ["Data.train_split = 'train[:200]'", 'Data.image_size = 64',
+              "Data.train_dataset = 'sklearn_digits'", "Data.mixup = 'mixup_roll'",
+              'Training.epochs = 1', 'Optimizer.learning_rate = 0.1',
               "Experiment.model_dir = '/runs/x'", "distillation.teaching = 'consistent'",
               'student/backbones.simple_cnn.widths = (4, 8)',
               'teacher/backbones.simple_cnn.widths = (4, 8)',

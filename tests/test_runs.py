@@ -82,7 +82,7 @@ def test_unfinished_teacher_is_trained_first_then_reused(tmp_path, capsys):
   # The teacher inherits the data and runtime bindings, not the student's
   # training ones (the teacher gin's learning rate is 3e-3).
   assert cli.main(['run', '--gin', student_gin,
-                   '--bind', 'Data.shuffle_buffer = 32',
+                   '--bind', 'Data.shuffle_buffer = 32',  # how data is read: inherited
                    '--bind', 'Optimizer.learning_rate = 0.01']) == 0
   out = capsys.readouterr().out
   assert 'training it first' in out
