@@ -15,6 +15,7 @@
 import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -231,18 +232,26 @@ def test_two_workers_stopped_by_sigterm_save_resume_and_match_one_device(
   gin_file = write(tmp_path / 'two.gin', tiny_student_gin(
       str(model_dir), trained_teacher[0]) + EXTRA +
       "distillation.teacher_precision = 'float32'\n")
-  (tmp_path / 'tmp').mkdir()
-  hosts = [f'127.0.0.1:{port}' for port in _free_ports(2)]
-  workers = [_start_worker(i, hosts, gin_file, tmp_path) for i in range(2)]
-  try:
-    deadline = time.monotonic() + 240
-    while not (model_dir / 'ckpt-16.index').exists():  # cheaper than TF's reader
-      assert workers[0].poll() is None and time.monotonic() < deadline, (
-          (tmp_path / 'worker0.txt').read_text()[-3000:])
-      time.sleep(0.005)
-    workers[1].send_signal(signal.SIGTERM)
-  finally:
-    codes = _wait(workers, 240)
+  # Started again if both workers ran to the end before SIGTERM reached one
+  # (twice in four loaded full-suite runs the 96 steps ended first); a stop
+  # that does not happen twice in a row fails below.
+  for _ in range(2):
+    shutil.rmtree(model_dir, ignore_errors=True)
+    shutil.rmtree(tmp_path / 'tmp', ignore_errors=True)
+    (tmp_path / 'tmp').mkdir()
+    hosts = [f'127.0.0.1:{port}' for port in _free_ports(2)]
+    workers = [_start_worker(i, hosts, gin_file, tmp_path) for i in range(2)]
+    try:
+      deadline = time.monotonic() + 240
+      while not (model_dir / 'ckpt-16.index').exists():  # cheaper than TF's reader
+        assert workers[0].poll() is None and time.monotonic() < deadline, (
+            (tmp_path / 'worker0.txt').read_text()[-3000:])
+        time.sleep(0.005)
+      workers[1].send_signal(signal.SIGTERM)
+    finally:
+      codes = _wait(workers, 240)
+    if codes != [0, 0]:
+      break
   outputs = [(tmp_path / f'worker{i}.txt').read_text() for i in range(2)]
   assert codes == [Preempted.exit_code] * 2, outputs[0][-3000:] + outputs[1][-3000:]
   stopped = _latest_step(model_dir)
