@@ -110,6 +110,10 @@ RECIPES = {
     'experiments/ablations/teaching_modes.gin': _DEMO_STUDENT,
     'experiments/demo_teacher.gin': _DEMO_TEACHER,
     'experiments/demo_shampoo.gin': _with(_DEMO_STUDENT, optimizer='shampoo'),
+    'experiments/demo_ensemble.gin': _with(
+        _DEMO_STUDENT, teacher_run=None, ensemble='mean_probabilities',
+        teacher_runs=['runs/demo/teacher', 'runs/demo/teacher_seed1']),
+    'experiments/demo_teacher_seed1.gin': _with(_DEMO_TEACHER, seed=1),
     # The demo's searches: shorter runs (their header's plan), warmup 20.
     'experiments/tune_demo_teacher.gin': _with(_DEMO_TEACHER, batch=32,
                                                warmup_steps=20),
@@ -127,7 +131,10 @@ RECIPES = {
     'experiments/reproduce/04_mixup.gin': _STUDY_STUDENT,
     'experiments/reproduce/05_out_of_domain.gin': _STUDY_STUDENT,
     'experiments/reproduce/06_shampoo.gin': _STUDY_STUDENT,
-    'experiments/reproduce/07_ensemble.gin': _STUDY_STUDENT,
+    # The base point: one teacher, listed as an ensemble (the grid adds one).
+    'experiments/reproduce/07_ensemble.gin': _with(
+        _STUDY_STUDENT, teacher_run=None, teacher_runs=['runs/reproduce/teacher'],
+        ensemble='mean_probabilities'),
     'experiments/flowers_teacher.gin': _ORIGINAL_TEACHER,
     'experiments/pets_teacher.gin': _ORIGINAL_TEACHER,
     'experiments/food101_teacher.gin': _ORIGINAL_TEACHER,
@@ -185,6 +192,7 @@ def _recipe_of_parsed_config():
       'clip_mode': _value('Optimizer.clip_mode', 'global_norm'),
       'epsilon': _value('Optimizer.epsilon', None),
       'epochs': _value('Training.epochs'),
+      'seed': _value('Training.seed', 0),
       'batch': _value('Training.global_batch_size'),
       'resolution': _value('Data.image_size'),
       'mixup': mixup,
@@ -200,6 +208,8 @@ def _recipe_of_parsed_config():
     recipe.update(
         loss=loss, student=_value('distillation.student'),
         teacher_run=_value('distillation.teacher_run', None),
+        teacher_runs=_value('distillation.teacher_runs', None),
+        ensemble=_value('distillation.ensemble', 'mean_probabilities'),
         temperature=_value(f'losses.{loss}.temperature', 1.0),
         temperature_squared=_value(f'losses.{loss}.scale_by_temperature_squared',
                                    False))

@@ -169,8 +169,8 @@ def test_every_point_of_the_runnable_grids_is_a_valid_config():
   checked = 0
   for (gin_file, _), axes in grid_axes(plan, runnable).items():
     # Points differing only in seed or learning rate parse alike: one each.
-    points = {tuple(v for k, v in p.values.items()
-                    if k not in ('Training.seed', 'Optimizer.learning_rate')): p
+    points = {repr([v for k, v in p.values.items()
+                    if k not in ('Training.seed', 'Optimizer.learning_rate')]): p
               for p in grid.points(axes)}
     for point in points.values():
       gin_config.parse([gin_file], point.bindings)

@@ -27,6 +27,7 @@ from typing import Optional
 import gin
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
 from fmx.data.pipeline import AUTOTUNE, Data
 from fmx.data.source import Source
@@ -137,7 +138,10 @@ def cache_fixed_teacher_outputs(teacher, data: Data, source: Source,
   tf.io.gfile.makedirs(partial)
   written, shape, writer = 0, None, None
   for batch in data.eval_dataset_fn(batch_size, source=source):
-    logits = teacher(fit_to_model(teacher, batch['image']), training=False)
+    if isinstance(teacher, tf_keras.Model):
+      logits = teacher(fit_to_model(teacher, batch['image']), training=False)
+    else:  # a function of the crops, e.g. an ensemble's [batch, teachers, classes]
+      logits = teacher(batch['image'])
     for row in np.asarray(logits, np.float32).astype(np.float16):
       if written % EXAMPLES_PER_SHARD == 0:
         if writer:

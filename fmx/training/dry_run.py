@@ -12,7 +12,7 @@ experiment names are dry-run first, like real ones.
 
 import contextlib
 import os
-from typing import List
+from typing import List, Sequence
 
 import tensorflow as tf
 import tf_keras
@@ -39,10 +39,17 @@ def bindings(root: str) -> List[str]:
                      for scope in _HUB_SCOPES]
 
 
-def teacher_dir(root: str, teacher_gin: str) -> str:
-  """Where a dry run trains the teacher that `teacher_gin` describes."""
+def teacher_dir(root: str, teacher_gin: str, taken: Sequence[str] = ()) -> str:
+  """Where a dry run trains the teacher that `teacher_gin` describes.
+
+  `taken`: folders of this run's other teachers (an ensemble of teachers
+  trained from one gin file gets one folder each).
+  """
   name = os.path.splitext(os.path.basename(teacher_gin))[0]
-  return os.path.join(root, 'teachers', name)
+  folder, count = os.path.join(root, 'teachers', name), 2
+  while os.path.abspath(folder) in map(os.path.abspath, taken):
+    folder, count = os.path.join(root, 'teachers', f'{name}_{count}'), count + 1
+  return folder
 
 
 @contextlib.contextmanager

@@ -83,26 +83,30 @@ def _run(gin_files, bindings, model_dir, dry_run_root: Optional[str],
   if dry_run_root is not None:
     bindings += dry_run_lib.bindings(dry_run_root)
   gin_config.parse(gin_files, bindings)
-  teacher = (_teacher_run_to_train() if Experiment().task == 'distillation'
-             else None)
-  if teacher:
-    run_dir, teacher_gin = teacher
-    if dry_run_root is not None:
-      run_dir = dry_run_lib.teacher_dir(dry_run_root, teacher_gin)
-    # Absolute in the operative config, so eval and export of this run work
-    # from any folder.
-    run_dir = os.path.abspath(run_dir)
-    bindings.append(f'distillation.teacher_run = {run_dir!r}')
-    if not teacher_run.is_finished(run_dir):
-      inherited = _same_workers() + teacher_bindings.inherited(user_bindings)
-      print(f'Teacher run {run_dir} has no finished checkpoint: training it '
-            f'first with {teacher_gin}.', flush=True)
-      for binding in inherited:
-        print(f'  the teacher inherits: {binding}', flush=True)
-      for binding in user_bindings:
-        if binding not in inherited:
-          print(f"  the student's alone: {binding}", flush=True)
-      _run([teacher_gin], inherited, run_dir, dry_run_root)
+  teachers = (_teacher_runs_to_train() if Experiment().task == 'distillation'
+              else None)
+  if teachers:
+    setting, run_dirs, teacher_gins = teachers
+    used_dirs = []
+    for index, (run_dir, teacher_gin) in enumerate(zip(run_dirs, teacher_gins)):
+      if teacher_gin and dry_run_root is not None:
+        run_dir = dry_run_lib.teacher_dir(dry_run_root, teacher_gin, used_dirs)
+      # Absolute in the operative config, so eval and export of this run
+      # work from any folder.
+      run_dirs[index] = run_dir = os.path.abspath(run_dir)
+      used_dirs.append(run_dir)
+      if teacher_gin and not teacher_run.is_finished(run_dir):
+        inherited = _same_workers() + teacher_bindings.inherited(user_bindings)
+        print(f'Teacher run {run_dir} has no finished checkpoint: training it '
+              f'first with {teacher_gin}.', flush=True)
+        for binding in inherited:
+          print(f'  the teacher inherits: {binding}', flush=True)
+        for binding in user_bindings:
+          if binding not in inherited:
+            print(f"  the student's alone: {binding}", flush=True)
+        _run([teacher_gin], inherited, run_dir, dry_run_root)
+    value = run_dirs[0] if setting == 'teacher_run' else run_dirs
+    bindings.append(f'distillation.{setting} = {value!r}')
     # The teacher run replaced the config; parsing again also restarts gin's
     # record of used values, so the operative config is this run's alone.
     gin_config.parse(gin_files, bindings)
@@ -142,18 +146,30 @@ def _same_workers() -> List[str]:
   return ["Runtime.distribution_strategy = 'multi_worker_mirrored'"]
 
 
-def _teacher_run_to_train() -> Optional[Tuple[str, str]]:
-  """(teacher_run, teacher_gin) when the config names a teacher run to train."""
+def _teacher_runs_to_train() -> Optional[Tuple[str, List[str], List[Optional[str]]]]:
+  """(setting, teacher run folders, their gin files) of a distillation config.
+
+  One teacher (`teacher_run` + `teacher_gin`) or an ensemble's
+  (`teacher_runs` + `teacher_gins`, None for a run already trained); None
+  when no teacher run is named with a gin to train it.
+  """
   def bound(name):
     try:
       return gin.query_parameter(f'distillation.{name}')
     except ValueError:
       return None  # not set
 
-  run_dir, teacher_gin = bound('teacher_run'), bound('teacher_gin')
-  if not run_dir or not teacher_gin or bound('teacher_saved_model'):
+  if bound('teacher_saved_model'):
     return None  # no teacher run to train, or the task says what is wrong
-  return run_dir, teacher_gin
+  run_dir, teacher_gin = bound('teacher_run'), bound('teacher_gin')
+  if run_dir and teacher_gin and not bound('teacher_runs'):
+    return 'teacher_run', [run_dir], [teacher_gin]
+  run_dirs, teacher_gins = bound('teacher_runs'), bound('teacher_gins')
+  if (run_dir or not isinstance(run_dirs, (list, tuple)) or not run_dirs
+      or not teacher_gins or not isinstance(teacher_gins, (list, tuple))
+      or len(teacher_gins) != len(run_dirs)):
+    return None  # the task names what is wrong, if anything
+  return 'teacher_runs', list(run_dirs), list(teacher_gins)
 
 
 @dataclasses.dataclass
@@ -480,6 +496,12 @@ def format_results(results: dict) -> str:
             ('parameters', f'{results["teacher_params"]:,}', f'{results["student_params"]:,}'),
             ('agreement', '', f'{results["agreement"]:.2%}'),
             ('KL(teacher||student)', '', f'{results["kl"]:.4f}')]
+    teachers = results.get('teachers') or {}
+    if teachers:  # an ensemble: the 'teacher' column is the ensemble's
+      rows[0] = ('', f'ensemble ({results["ensemble"]})', 'student')
+      for name, one in teachers.items():
+        rows.append((f'{name}: top-1, agreement', f'{one["teacher_top1"]:.2%}',
+                     f'{one["agreement"]:.2%}'))
     if not results.get('dry_run'):
       # A dry run's teacher may be a stand-in for a TF-Hub module: its size
       # says nothing.
