@@ -88,17 +88,22 @@ def _parameters(record) -> Tuple[Parameter, ...]:
 
 
 def argument_docs(docstring: str) -> Dict[str, str]:
-  """name -> first line of its entry in a Google-style `Args:` section."""
-  docs, inside = {}, False
+  """name -> its entry in a Google-style `Args:` section, continuation lines joined."""
+  docs, inside, name, indent = {}, False, None, 0
   for line in docstring.splitlines():
     if line.strip() == 'Args:':
       inside = True
       continue
     if inside and line.strip() and not line.startswith(' '):
       inside = False  # the next section
+    depth = len(line) - len(line.lstrip())
+    if inside and name and line.strip() and depth > indent:
+      docs[name] += ' ' + line.strip()  # the entry goes on
+      continue
     match = _ARG_LINE.match(line) if inside else None
+    name = match[1] if match else None
     if match:
-      docs[match[1]] = match[2].strip()
+      docs[name], indent = match[2].strip(), depth
   return docs
 
 

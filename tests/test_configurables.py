@@ -125,6 +125,14 @@ def test_describe_shows_type_default_and_doc(capsys):
   assert 'Training.evals (an integer, default 5): ' in out
 
 
+def test_describe_joins_an_entry_that_goes_on_over_several_lines(capsys):
+  _, out, _ = run_cli(capsys, 'describe', 'distillation')
+  assert ("distillation.teacher_precision (a string or a list of strings, default "
+          "'auto'): 'auto' (bfloat16 where the device computes it natively, else "
+          "float32), 'float32', 'bfloat16' or 'float16'; a list: one per teacher "
+          "(teacher_runs, then teacher_saved_models).") in out
+
+
 def test_list_shows_settings_and_unknown_names_get_suggestions(capsys):
   code, out, _ = run_cli(capsys, 'list')
   assert code == 0 and 'settings:' in out and 'Optimizer' in out
