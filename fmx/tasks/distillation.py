@@ -134,7 +134,7 @@ class DistillationTask(FmxTask):
     # One teacher: the names of the single-teacher settings, as before.
     self.teacher_run = runs[0] if single and runs else None
     self.teacher_saved_model = saved_models[0] if single and saved_models else None
-    self.teacher_image_size = self.teachers[-1].image_size
+    self.teacher_image_size = self.teachers[0].image_size
     self.teacher_precision = (precisions[0] if single else list(precisions))
     self.resolved_settings = {
         'distillation.teacher_precision': self.teacher_precision}
