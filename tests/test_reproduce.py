@@ -210,10 +210,17 @@ def test_claims_are_judged_by_welch_tests():
   assert studies_lib.every(studies_lib.better('a', 'b'),
                            studies_lib.better('b', 'a'))(both)[1] == 'no'
   assert studies_lib.better('a', 'z')(_stats(a=[1.0], z=[]))[1] == 'not run'
-  reach = _stats(**{'75': [0.90, 0.91], '150': [0.96, 0.97], 'adam': [0.95, 0.95]})
-  assert studies_lib.first_epochs_reaching(
-      [(75, '75'), (150, '150')], 'adam', 'top1')(reach) == (
-          'reached 95.00% top1 at 150 epochs (150)', 'yes')
+  # Shampoo's claim: Adam's 300-epoch result in 4x fewer epochs.
+  def reaching(**cells):
+    return studies_lib.first_epochs_reaching(
+        [(75, '75'), (150, '150'), (300, '300')], 'adam', 300, 4, 'top1')(
+            _stats(adam=[0.95, 0.95], **cells))
+  assert reaching(**{'75': [0.95, 0.96], '150': [0.97], '300': [0.98]}) == (
+      'reached 95.00% top1 (adam) at 75 epochs (75): 4.0x fewer epochs', 'yes')
+  assert reaching(**{'75': [0.90, 0.91], '150': [0.96, 0.97], '300': [0.98]}) == (
+      'reached 95.00% top1 (adam) at 150 epochs (150): 2.0x fewer epochs', 'partly')
+  assert reaching(**{'75': [0.90], '150': [0.94], '300': [0.96]})[1] == 'no'
+  assert reaching(**{'75': [0.90], '150': [0.94], '300': [0.94]})[1] == 'no'
 
 
 def test_reproduce_command_writes_the_page_from_what_exists(tmp_path, monkeypatch, capsys):
