@@ -231,3 +231,17 @@ def test_reproduce_command_writes_the_page_from_what_exists(tmp_path, monkeypatc
   assert '| labels only, 200 images | 0 | - | - | - |' in page
   assert main(['--studies', '9', '--page_only']) == 2
   assert 'no study [9]' in capsys.readouterr().err
+
+
+def test_page_keeps_the_time_of_every_invocation(tmp_path):
+  from fmx.reproduce.__main__ import _timing  # pylint: disable=g-import-not-at-top
+  plan = studies_lib.Plan(root=str(tmp_path / 'runs'))
+  _timing(plan, 3313.0, 90, 21, page_only=False)
+  _timing(plan, 10.0, 0, 111, page_only=False)  # a rerun that trained nothing
+  history = _timing(plan, 480.0, 6, 0, page_only=False, numbers=[7])
+  assert [h['seconds'] for h in history] == [3313.0, 480.0]
+  assert _timing(plan, 0, 0, 0, page_only=True) == history
+  header = '\n'.join(results_page._page_header(plan, None, history))  # pylint: disable=protected-access
+  assert '55.2 min (every study: 90 runs ran' in header
+  assert '8.0 min (study 7: 6 runs ran' in header
+  assert 'Total 63.2 min of wall time.' in header

@@ -51,27 +51,36 @@ def reproduce(plan, numbers, parallel: int = 1, page_only: bool = False) -> int:
       ran += sum(o.status == 'done' for o in outcomes)
       skipped += sum(o.status == 'finished' for o in outcomes)
       failed += sum(o.status == 'failed' for o in outcomes)
-  timing = _timing(plan, time.time() - start, ran, skipped, page_only)
+  timing = _timing(plan, time.time() - start, ran, skipped, page_only, numbers)
   results_page.write_page(plan, page_studies, axes, timing)
   print(f'wrote {plan.page}', flush=True)
   return failed
 
 
-def _timing(plan, seconds, ran, skipped, page_only):
-  """This invocation's time, kept in the plan's root for --page_only rewrites."""
+def _timing(plan, seconds, ran, skipped, page_only, numbers=None):
+  """Every invocation's time (kept in the plan's root), this one's last.
+
+  A study added later (`--studies 7`) is a second invocation: the page shows
+  each, so the time of the whole study is never replaced by a part's.
+  """
   path = os.path.join(plan.root, 'reproduce_time.json')
-  if page_only:
-    try:
-      with open(path) as f:
-        return json.load(f)
-    except (OSError, ValueError):
-      return None
-  timing = {'seconds': seconds, 'ran_now': ran, 'skipped': skipped,
-            'finished': results_page.now()}
+  try:
+    with open(path) as f:
+      history = json.load(f)
+  except (OSError, ValueError):
+    history = []
+  if isinstance(history, dict):  # one invocation, as written before
+    history = [history]
+  if page_only or (history and not ran):  # nothing trained: nothing to time
+    return history or None
+  studies = (None if not numbers or list(numbers) == list(plan.numbers)
+             else [f'study {n}' for n in numbers])
+  history.append({'seconds': seconds, 'ran_now': ran, 'skipped': skipped,
+                  'finished': results_page.now(), 'studies': studies})
   os.makedirs(plan.root, exist_ok=True)
   with open(path, 'w') as f:
-    json.dump(timing, f)
-  return timing
+    json.dump(history, f)
+  return history
 
 
 def main(argv=None) -> int:

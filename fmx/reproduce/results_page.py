@@ -234,7 +234,7 @@ def _jsonable_cell(cell_stat: dict) -> dict:
 
 def write_page(plan: Plan, study_list: Sequence[Study],
                grid_axes: Dict[Tuple[str, str], dict],
-               timing: Optional[dict] = None) -> dict:
+               timing: Optional[List[dict]] = None) -> dict:
   """Writes the page, its figures and results.json; returns the JSON."""
   folder = os.path.dirname(plan.page) or '.'
   figures = os.path.join(folder, 'figures')
@@ -337,11 +337,15 @@ def _page_header(plan: Plan, teacher: Optional[dict], timing: Optional[dict]) ->
     lines += [f'Teacher: {100 * teacher["top1"]:.2f}% test top-1 (one run, '
               f'{studies_lib.TEACHER_RUN}).', '']
   if timing:
-    lines += [f'Time: the last `make reproduce{"-quick" if quick else ""}` took '
-              f'{timing["seconds"] / 60:.1f} min of wall time on this machine '
-              f'({timing["ran_now"]} runs ran, {timing["skipped"]} were already '
-              f'finished; {os.cpu_count()} CPU cores, generated '
-              f'{timing["finished"]}).', '']
+    runs = '; '.join(
+        f'{one["seconds"] / 60:.1f} min ({", ".join(one.get("studies") or ["every study"])}'
+        f': {one["ran_now"]} runs ran, {one["skipped"]} were already finished, '
+        f'{one["finished"]})' for one in timing)
+    lines += [f'Time: `make reproduce{"-quick" if quick else ""}` ran in '
+              f'{len(timing)} invocation{"s" if len(timing) > 1 else ""} on this '
+              f'machine ({os.cpu_count()} CPU cores): {runs}. Total '
+              f'{sum(one["seconds"] for one in timing) / 60:.1f} min of wall time.',
+              '']
   return lines
 
 
