@@ -22,6 +22,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import importlib
 import json
 import os
 import shutil
@@ -36,10 +37,11 @@ REPO = os.path.dirname(BENCHMARKS)
 RESULTS = os.path.join(BENCHMARKS, 'results')
 
 
-def _workload(steps_per_loop: int):
+def _workload(steps_per_loop: int, bindings=()):
   import precision_phases  # pylint: disable=g-import-not-at-top
-  return dataclasses.replace(precision_phases.SPEED['speed_saved_model'],
-                             steps_per_loop=steps_per_loop)
+  workload = precision_phases.SPEED['speed_saved_model']
+  return dataclasses.replace(workload, steps_per_loop=steps_per_loop,
+                             bindings=workload.bindings + tuple(bindings))
 
 
 class Clock:
@@ -64,32 +66,49 @@ class Clock:
     setattr(owner, attribute, timed)
 
 
+# (module, attribute, phase), in the order a run meets them; '  of which'
+# phases happen inside the phase above them.
+WRAPPED = (
+    ('fmx.gin_config', 'parse', 'parse gin'),
+    ('fmx.training.run', 'build_setup', 'task: data sources, strategy'),
+    ('official.core.train_utils', 'create_trainer',
+     'build: models, optimizer, pipelines'),
+    ('fmx.backbones.hub', 'saved_model_teacher',
+     '  of which: load the SavedModel teacher'),
+    ('fmx.tasks.teacher_precision', 'graph_teacher',
+     '  of which: teacher graph rewrite'),
+    ('fmx.training.run_dir', 'check_config', 'checks, labels.txt'),
+    ('fmx.training.run_dir', 'check_free_space', 'checks, labels.txt'),
+    ('fmx.training.labels', 'announce', 'checks, labels.txt'),
+    ('orbit:Controller', 'save_checkpoint', 'checkpoints (step 0, end)'),
+    ('fmx.training.input_images', 'log_first_batch',
+     'first-batch images to TensorBoard'),
+    ('orbit:Controller', 'train', 'training loops'),
+    ('fmx.training.batch_norm', 'recompute',
+     '  of which: precise BatchNorm statistics'),
+    ('orbit:Controller', 'evaluate', 'validation'),
+    ('fmx.training.run', 'evaluate_split', 'test evaluation'),
+)
+
+
+def _owner(path: str):
+  """'package.module' -> the module; 'package.module:Class' -> the class."""
+  module, _, name = path.partition(':')
+  owner = importlib.import_module(module)
+  return getattr(owner, name) if name else owner
+
+
 def child(gin_file: str, model_dir: str, out: str) -> None:
   """Runs `fmx run` here with its phases timed; writes the times to `out`."""
   entered = time.time()
-  import orbit  # pylint: disable=g-import-not-at-top
-  from official.core import train_utils  # pylint: disable=g-import-not-at-top
   from fmx import cli  # pylint: disable=g-import-not-at-top
-  from fmx.backbones import hub  # pylint: disable=g-import-not-at-top
-  from fmx.tasks import teacher_precision  # pylint: disable=g-import-not-at-top
-  from fmx.training import batch_norm, input_images, labels, run, run_dir  # pylint: disable=g-import-not-at-top
   from fmx.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  for path, _, _ in WRAPPED:
+    _owner(path)  # imported before the clock stops counting imports
   imported = time.time()
   clock = Clock()
-  clock.wrap(run.gin_config, 'parse', 'parse gin')
-  clock.wrap(run, 'build_setup', 'task: data sources, strategy')
-  clock.wrap(train_utils, 'create_trainer', 'build: models, optimizer, pipelines')
-  clock.wrap(hub, 'saved_model_teacher', '  of which: load the SavedModel teacher')
-  clock.wrap(teacher_precision, 'graph_teacher', '  of which: teacher graph rewrite')
-  clock.wrap(run_dir, 'check_config', 'checks, labels.txt')
-  clock.wrap(run_dir, 'check_free_space', 'checks, labels.txt')
-  clock.wrap(labels, 'announce', 'checks, labels.txt')
-  clock.wrap(orbit.Controller, 'save_checkpoint', 'checkpoints (step 0, end)')
-  clock.wrap(input_images, 'log_first_batch', 'first-batch images to TensorBoard')
-  clock.wrap(batch_norm, 'recompute', 'precise BatchNorm statistics')
-  clock.wrap(orbit.Controller, 'train', 'training loops')
-  clock.wrap(orbit.Controller, 'evaluate', 'validation')
-  clock.wrap(run, 'evaluate_split', 'test evaluation')
+  for path, attribute, phase in WRAPPED:
+    clock.wrap(_owner(path), attribute, phase)
   loop_end = trainer_lib.Trainer.train_loop_end
 
   def timed_loop_end(self):
@@ -106,10 +125,10 @@ def child(gin_file: str, model_dir: str, out: str) -> None:
                'train_started': started}, f)
 
 
-def measure(folder: str, steps: int, steps_per_loop: int) -> dict:
+def measure(folder: str, steps: int, steps_per_loop: int, bindings=()) -> dict:
   """One `fmx run` of `steps` steps in a child process, its phases timed."""
   import workload as workload_lib  # pylint: disable=g-import-not-at-top
-  workload = _workload(steps_per_loop)
+  workload = _workload(steps_per_loop, bindings)
   workload_lib.prepare(folder, workload)
   model_dir = os.path.join(folder, 'run')
   gin_file = workload_lib.write_gin(folder, workload, model_dir, steps)
@@ -133,13 +152,16 @@ def measure(folder: str, steps: int, steps_per_loop: int) -> dict:
           'steady_loop_seconds': steady,
           'steady_step_seconds': steady / steps_per_loop,
           'training_at_steady_speed': steady / steps_per_loop * steps,
-          'description': workload.description}
+          'description': workload.description, 'bindings': list(bindings)}
 
 
 def table(result: dict) -> str:
   wall = result['wall_seconds']
   rows = [f'{"phase":<48} {"seconds":>8} {"share":>6}']
-  for phase, seconds in result['phases'].items():
+  order = ['Python + TensorFlow + fmx imports'] + list(dict.fromkeys(
+      phase for _, _, phase in WRAPPED))
+  for phase in order:
+    seconds = result['phases'].get(phase, 0.0)
     rows.append(f'{phase:<48} {seconds:8.1f} {seconds / wall:6.0%}')
   counted = sum(s for p, s in result['phases'].items() if not p.startswith(' '))
   rows.append(f'{"other (not wrapped)":<48} {wall - counted:8.1f} '
@@ -157,6 +179,8 @@ def main(argv=None) -> int:
   parser.add_argument('--steps_per_loop', type=int, default=4)
   parser.add_argument('--json', default=os.path.join(RESULTS, 'startup.json'))
   parser.add_argument('--keep', action='store_true', help='keep the temporary folder')
+  parser.add_argument('--bind', action='append', default=[],
+                      help="an extra gin binding, e.g. \"distillation.teacher_precision = 'float32'\"")
   parser.add_argument('--child', nargs=3, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   sys.path.insert(0, BENCHMARKS)
@@ -166,7 +190,7 @@ def main(argv=None) -> int:
     return 0
   folder = tempfile.mkdtemp(prefix='fmx-startup-')
   try:
-    result = measure(folder, args.steps, args.steps_per_loop)
+    result = measure(folder, args.steps, args.steps_per_loop, args.bind)
   finally:
     if not args.keep:
       shutil.rmtree(folder, ignore_errors=True)
