@@ -104,13 +104,15 @@ class DistillationTask(FmxTask):
     del teacher_gin, teacher_gins  # fmx.training.run trains teacher runs first
     super().__init__(params, logging_dir=logging_dir, name=name)
     self.student_backbone = student
-    self.loss_name = loss
     self.loss_fn = LOSSES.get(loss)
     if getattr(self.loss_fn, 'takes_labels', False):
       raise UserError(f'distillation.loss = {loss!r} needs labels; distillation '
                       "compares teacher and student: use e.g. 'kl'.")
     self.teaching = teaching_lib.check_mode(teaching)
     self.ensemble = ensemble_lib.check_rule(ensemble)
+    # 'mean_probabilities' averages the teachers' probabilities at the
+    # loss's own temperature.
+    self._loss_temperature = ensemble_lib.loss_temperature(loss)
     # Data.image_size is the crop's size; each model gets its own resize of
     # it. A teacher run's model keeps the size it was trained at.
     self.student_image_size = student_image_size or self.data.image_size
@@ -313,8 +315,7 @@ class DistillationTask(FmxTask):
     if not self.is_ensemble:
       return self.loss_fn(teacher_logits, student_logits)
     return ensemble_lib.loss(self.loss_fn, teacher_logits, student_logits,
-                             self.ensemble,
-                             ensemble_lib.loss_temperature(self.loss_name))
+                             self.ensemble, self._loss_temperature)
 
   def train_step(self, inputs, model, optimizer, metrics=None):
     images = inputs['image']

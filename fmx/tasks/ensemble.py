@@ -24,13 +24,16 @@ its mean probabilities at temperature 1 otherwise (big_vision's
 teacher_ensemble evaluator).
 """
 
+import inspect
 import re
 from typing import Callable, List, Sequence
 
+import gin
 import tensorflow as tf
 import tf_keras
 
 from fmx.errors import UserError
+from fmx.registry import LOSSES
 
 RULES = ('mean_probabilities', 'mean_logits', 'sum_losses')
 
@@ -94,9 +97,6 @@ def loss(loss_fn: Callable, stacked, student_logits, rule: str,
 
 def loss_temperature(loss_name: str) -> float:
   """The temperature the configured loss divides logits by (1 if it has none)."""
-  import inspect  # pylint: disable=g-import-not-at-top
-  import gin  # pylint: disable=g-import-not-at-top
-  from fmx.registry import LOSSES  # pylint: disable=g-import-not-at-top
   try:
     return float(gin.query_parameter(f'losses.{loss_name}.temperature'))
   except ValueError:
