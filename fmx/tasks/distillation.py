@@ -213,10 +213,8 @@ class DistillationTask(FmxTask):
           (os.path.abspath(tf.train.latest_checkpoint(t.path)) if t.is_run
            else t.path) + f' ({t.precision})' for t in self.teachers)
       self.fixed_outputs = teaching_lib.cache_fixed_teacher_outputs(
-          self.teachers[0].model if not self.is_ensemble else
-          lambda images: tf.transpose(self.teacher_logits(images), [1, 0, 2]),
-          self.data, self.sources['train'], teacher_id,
-          self.teacher_output_cache)
+          self._teacher_outputs_per_example, self.data, self.sources['train'],
+          teacher_id, self.teacher_output_cache)
     return self.build_backbone(self.student_backbone, scope='student')
 
   def _check_classes(self, teacher: '_Teacher') -> None:
@@ -290,6 +288,11 @@ class DistillationTask(FmxTask):
         teacher.forward(fit_to_model(teacher.model, images)), tf.float32))
               for teacher in self.teachers]
     return tf.stack(logits) if self.is_ensemble else logits[0]
+
+  def _teacher_outputs_per_example(self, images):
+    """teacher_logits with the batch first: [batch, classes] or [batch, teachers, classes]."""
+    logits = self.teacher_logits(images)
+    return tf.transpose(logits, [1, 0, 2]) if self.is_ensemble else logits
 
   def mix_global_batch(self, images, step):
     """MixUp over the global batch: partners may come from any replica.

@@ -27,12 +27,10 @@ from typing import Optional
 import gin
 import numpy as np
 import tensorflow as tf
-import tf_keras
 
 from fmx.data.pipeline import AUTOTUNE, Data
 from fmx.data.source import Source
 from fmx.errors import UserError
-from fmx.tasks.base import fit_to_model
 
 MODES = ('function_matching', 'consistent', 'independent_noise', 'fixed_teacher')
 # The teacher's view in `independent_noise` draws from another seed stream
@@ -119,12 +117,15 @@ def cache_key(teacher_id: str, data: Data, source: Source) -> str:
                      'gin': data_values}, sort_keys=True)
 
 
-def cache_fixed_teacher_outputs(teacher, data: Data, source: Source,
+def cache_fixed_teacher_outputs(teacher_outputs, data: Data, source: Source,
                                 teacher_id: str, cache_dir: str,
                                 batch_size: int = 256) -> str:
   """The folder of the teacher's logits on the central crop of `source`.
 
-  Computed once per key (teacher and data), so runs that share both (e.g.
+  `teacher_outputs(crops)`: the logits of a batch of eval crops, [batch,
+  classes] (an ensemble's [batch, teachers, classes]), computed as training
+  would compute them (the teacher's precision, its own resize). Computed
+  once per key (teacher and data), so runs that share both (e.g.
   seeds of a grid) reuse them; written to a temporary folder then renamed,
   so an interrupted run leaves no half cache behind.
   """
@@ -138,10 +139,7 @@ def cache_fixed_teacher_outputs(teacher, data: Data, source: Source,
   tf.io.gfile.makedirs(partial)
   written, shape, writer = 0, None, None
   for batch in data.eval_dataset_fn(batch_size, source=source):
-    if isinstance(teacher, tf_keras.Model):
-      logits = teacher(fit_to_model(teacher, batch['image']), training=False)
-    else:  # a function of the crops, e.g. an ensemble's [batch, teachers, classes]
-      logits = teacher(batch['image'])
+    logits = teacher_outputs(batch['image'])
     for row in np.asarray(logits, np.float32).astype(np.float16):
       if written % EXAMPLES_PER_SHARD == 0:
         if writer:
