@@ -315,6 +315,10 @@ def format_precision(results: dict, machine: dict) -> str:
                    f'|logit difference| {f["max_abs_logit_difference"]:.4f} '
                    f'(max |logit| {f["max_abs_logit"]:.1f}); teacher test top-1 '
                    f'{f["teacher_test_top1"]:.2%}')
+      if 'top1_agreement_cloned' in f:
+        lines.append(f'  (cloned into bfloat16 layers instead: agreement '
+                     f'{f["top1_agreement_cloned"]:.2%}, max |logit difference| '
+                     f'{f["max_abs_logit_difference_cloned"]:.4f})')
     for precision, r in fidelity['demo_student'].items():
       lines.append(f'demo student, teacher_precision {precision!r}: test top-1 '
                    f'{r["student_top1"]:.2%}, agreement {r["agreement"]:.2%}')

@@ -13,7 +13,10 @@ teacher of benchmarks/workload.py (BiT-R50x1 by default) in inference mode:
 - without GroupNorm and without weight standardisation: ablations with
   wrong outputs, to show what each costs;
 - folded: weight standardisation computed once, if fmx has
-  `bit_resnet.fold_weight_standardization` (what a frozen teacher can do).
+  `bit_resnet.fold_weight_standardization` (what a frozen teacher can do);
+- bfloat16 (on a CPU with bfloat16 arithmetic), after the above (so a BiT
+  teacher is folded): cloned into bfloat16 layers, and its frozen graph
+  rewritten by grappler (how fmx runs a teacher on CPUs).
 
 Reports milliseconds per batch and CPU-milliseconds (steadier on a shared
 machine).
@@ -72,8 +75,33 @@ def variants(teacher: tf_keras.Model, images) -> dict:
   add('as built, XLA', jit=True)
   is_bit = any(isinstance(m, bit_resnet.StandardizedConv2D)
                for m in teacher.submodules)
-  if not is_bit:
-    return functions
+  if is_bit:
+    add_bit_ablations(teacher, add)
+  add_bfloat16(teacher, images, functions)
+  return functions
+
+
+def add_bfloat16(teacher: tf_keras.Model, images, functions: dict) -> None:
+  """The two ways fmx runs a teacher in bfloat16 (distillation.teacher_precision):
+  cloned into bfloat16 layers (TPUs, GPUs) and the frozen float32 graph
+  rewritten by grappler's oneDNN pass (CPUs), where this CPU has bfloat16."""
+  from fmx.tasks import teacher_precision  # pylint: disable=g-import-not-at-top
+  if teacher_precision.resolve('auto', 'cpu') != 'bfloat16':
+    return  # no bfloat16 arithmetic here: both would be emulated
+  clone = teacher_precision.keras_teacher(teacher, 'bfloat16')
+  graph = teacher_precision.graph_teacher(teacher, 'bfloat16', 'cpu')
+  candidates = {'bfloat16, cloned layers': lambda: clone(images, training=False)}
+  if graph is not None:
+    candidates['bfloat16, graph rewrite (fmx on CPUs)'] = lambda: graph(images)
+  for name, forward in candidates.items():
+    function = tf.function(forward)
+    measure.wait(function())
+    functions[name] = function
+
+
+def add_bit_ablations(teacher: tf_keras.Model, add) -> None:
+  """BiT's GroupNorm and weight standardisation: without, and folded."""
+  from fmx.backbones import bit_resnet  # pylint: disable=g-import-not-at-top
   norm_call = bit_resnet.GroupNormalization.call
   conv_op = bit_resnet.StandardizedConv2D.convolution_op
   try:
@@ -90,7 +118,6 @@ def variants(teacher: tf_keras.Model, images) -> dict:
     fold(teacher)
     add('folded')
     add('folded, XLA', jit=True)
-  return functions
 
 
 def main() -> None:

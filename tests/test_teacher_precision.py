@@ -1,5 +1,6 @@
 """distillation.teacher_precision: what 'auto' means per device, and teachers
-converted to bfloat16 (Keras teachers cloned, SavedModel graphs rewritten)."""
+converted to bfloat16 (graphs rewritten on CPUs and for SavedModels, Keras
+teachers cloned elsewhere)."""
 
 import os
 
@@ -86,17 +87,41 @@ def _fidelity(reference, logits):
           np.mean(reference.argmax(-1) == logits.argmax(-1)))
 
 
-def test_a_bfloat16_keras_teacher_gives_float32_logits_close_to_float32(
-    trained_teacher, tmp_path):
+def _has_bfloat16_convolutions(task, images) -> bool:
+  """Whether the task's teacher logits are computed by bf16 Conv2D ops."""
+  graph = tf.function(task.teacher_logits).get_concrete_function(
+      tf.TensorSpec(images.shape, tf.float32)).graph.as_graph_def()
+  ops = [n for f in graph.library.function for n in f.node_def] + list(graph.node)
+  return any(n.op == 'Conv2D' and n.attr['T'].type == tf.bfloat16.as_datatype_enum
+             for n in ops)
+
+
+@pytest.mark.parametrize('device', ['cpu', 'tpu'])
+def test_a_bfloat16_teacher_run_gives_float32_logits_close_to_float32(
+    trained_teacher, tmp_path, monkeypatch, device):
+  # The device decides how a teacher run is converted; the precision is
+  # given explicitly, so nothing else depends on the faked device.
+  monkeypatch.setattr(teacher_precision, 'device_kind', lambda: device)
   full, _ = _task(tmp_path, trained_teacher[0], 'float32')
   half, student = _task(tmp_path, trained_teacher[0], 'bfloat16')
-  # Weights cast once at load; normalisation weights and the head in float32.
-  dtypes = {w.name.split('/')[-1].split(':')[0]: w.dtype for w in half.teacher.weights}
-  kernels = [w for w in half.teacher.weights if 'kernel' in w.name]
-  assert [w.dtype for w in kernels[:-1]] == [tf.bfloat16] * (len(kernels) - 1)
-  assert kernels[-1].dtype == tf.float32  # the output layer
-  assert dtypes['gamma'] == dtypes['moving_mean'] == tf.float32
   images = _images(half)
+  graph = half._teacher_graph  # pylint: disable=protected-access
+  if device == 'cpu' and teacher_precision.onednn_enabled():
+    # CPUs: grappler's oneDNN rewrite of the frozen float32 teacher; the
+    # teacher model itself (exports, fmx.api) stays float32.
+    assert graph is not None
+    assert {w.dtype for w in half.teacher.weights} == {tf.float32}
+  else:
+    # Elsewhere: cloned into bfloat16 layers, weights cast once at load;
+    # normalisation weights and the head stay float32.
+    assert graph is None
+    dtypes = {w.name.split('/')[-1].split(':')[0]: w.dtype
+              for w in half.teacher.weights}
+    kernels = [w for w in half.teacher.weights if 'kernel' in w.name]
+    assert [w.dtype for w in kernels[:-1]] == [tf.bfloat16] * (len(kernels) - 1)
+    assert kernels[-1].dtype == tf.float32  # the output layer
+    assert dtypes['gamma'] == dtypes['moving_mean'] == tf.float32
+  assert _has_bfloat16_convolutions(half, images)
   logits = half.teacher_logits(images)
   assert logits.dtype == tf.float32
   error, agreement = _fidelity(full.teacher_logits(images), logits)
@@ -128,11 +153,7 @@ def test_a_saved_model_teacher_is_rewritten_to_bfloat16_or_says_why(
     return
   assert 'note' not in out
   # The rewritten graph computes in bfloat16: its convolutions are bf16 ops.
-  graph = tf.function(half.teacher_logits).get_concrete_function(
-      tf.TensorSpec(images.shape, tf.float32)).graph.as_graph_def()
-  ops = [n for f in graph.library.function for n in f.node_def] + list(graph.node)
-  assert any(n.op == 'Conv2D' and n.attr['T'].type == tf.bfloat16.as_datatype_enum
-             for n in ops)
+  assert _has_bfloat16_convolutions(half, images)
   error, agreement = _fidelity(full.teacher_logits(images), logits)
   assert error < 0.05 and agreement >= 0.95, (error, agreement)
 

@@ -17,7 +17,10 @@ from fmx.training.settings import Optimizer
 
 
 def _step(teacher_dir, tmp_path, mode):
+  # A float32 teacher: the tests recompute its outputs with the float32
+  # model (test_teacher_precision covers the bfloat16 ones).
   gin.parse_config(tiny_student_gin(str(tmp_path / 'student'), teacher_dir) + f"""
+      distillation.teacher_precision = 'float32'
       distillation.teaching = '{mode}'
       distillation.teacher_output_cache = '{tmp_path / 'cache'}'""")
   tf_keras.utils.set_random_seed(0)

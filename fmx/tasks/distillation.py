@@ -167,7 +167,8 @@ class DistillationTask(FmxTask):
   def teacher(self, model) -> None:
     if len(self.teachers) != 1:
       raise ValueError('an ensemble has one model per teacher: set teachers[i].model')
-    self.teachers[0].model = model
+    # The new model runs as it is: the old one's rewritten graph goes too.
+    self.teachers[0].model, self.teachers[0].graph = model, None
 
   @property
   def _teacher_forward(self):
@@ -188,8 +189,8 @@ class DistillationTask(FmxTask):
     for teacher in self.teachers:
       if teacher.is_run:
         float32_model = teacher_run.load_teacher(teacher.path)
-        teacher.model = precision_lib.keras_teacher(float32_model,
-                                                    teacher.precision)
+        teacher.model, teacher.graph = precision_lib.run_teacher(
+            float32_model, teacher.precision)
       else:
         float32_model = teacher.model = hub.saved_model_teacher(
             teacher.path,
@@ -399,7 +400,7 @@ class _Teacher:
   image_size: int  # a SavedModel's input size (a run's model keeps its own)
   precision: str  # resolved: 'float32', 'bfloat16' or 'float16'
   model: Optional[tf_keras.Model] = None
-  graph: Optional[Callable] = None  # a SavedModel's graph rewritten to precision
+  graph: Optional[Callable] = None  # the frozen graph rewritten to precision
   forward: Optional[Callable] = None  # call, or call compiled by XLA
 
   def call(self, images):
