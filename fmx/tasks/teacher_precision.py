@@ -190,7 +190,7 @@ def _layers(model):
       yield from _layers(layer)
 
 
-# ------------------------------------------------------- SavedModel teachers
+# ------------------------------------------- graph rewrites (SavedModels, CPUs)
 
 
 def run_teacher(teacher: tf_keras.Model, precision: str,
@@ -199,11 +199,10 @@ def run_teacher(teacher: tf_keras.Model, precision: str,
 
   On CPUs, the float32 teacher's frozen graph rewritten by grappler, as for
   SavedModel teachers (`graph`; `model` stays the float32 teacher, for
-  exports): oneDNN's rewrite ran a BiT-R50x1 forward in 0.75x the time of
-  the teacher cloned into bfloat16 layers (96 px, batch 16; grappler also
-  fuses what the clone runs op by op; docs/performance.md). Elsewhere, or
-  where the rewrite converts nothing, the teacher cloned into `precision`
-  (keras_teacher) and no graph.
+  exports): oneDNN's rewrite ran a BiT-R50x1 forward in 0.8x the time of
+  the teacher cloned into bfloat16 layers (96 px, batch 16;
+  docs/performance.md). Elsewhere, or where the rewrite converts nothing,
+  the teacher cloned into `precision` (keras_teacher) and no graph.
   """
   device = device or device_kind()
   if precision != 'float32' and device == 'cpu':
