@@ -17,6 +17,7 @@ rewrite of the frozen graph, what fmx does on CPUs). Prints milliseconds.
 """
 
 import argparse
+import dataclasses
 import os
 import shutil
 import statistics
@@ -75,7 +76,6 @@ def part_functions(setup, trainer, batch) -> dict:
 
 def loop_ms_per_step(folder, workload, steps_per_loop: int, loops: int) -> float:
   """Median ms per step over Orbit loops of the real input pipeline."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
   workload = dataclasses.replace(workload, steps_per_loop=steps_per_loop)
   model_dir = os.path.join(folder, f'loops-{steps_per_loop}')
   setup, trainer = workload_lib.build_fmx(folder, workload, model_dir)
