@@ -1,6 +1,6 @@
 """Where a distillation step's time goes with fmx's defaults (issue 18's workloads).
 
-    python benchmarks/step_parts.py                       # (a) SavedModel teacher, ~3 min
+    python benchmarks/step_parts.py                       # (a) SavedModel teacher, ~4 min
     python benchmarks/step_parts.py --workload speed_bit  # (b) BiT teacher run
 
 For one workload of `distillation.py --teacher_precision` (fmx's defaults:
@@ -10,8 +10,10 @@ forward, the student's forward, forward + backward, clip + optimiser
 update, the student's whole step, the full step (DistillationTask.train_step),
 and the student's step beside the teacher's forward on another batch (a
 software-pipelined step: the next batch's teacher during this step; compare
-with the full step). Then Orbit loops of the real input pipeline, 3 and 24 steps per
-loop (ms per step), and, for a teacher run, how long each way of converting
+with the full step). Then, on the real input pipeline: fmx's compiled loop
+beside the same loop returning no output (Orbit's; on CPUs it runs without
+most of oneDNN's fusions), and Orbit loops of 3 and 24 steps per loop (ms
+per step), and, for a teacher run, how long each way of converting
 it to bfloat16 takes at start-up (clone into bfloat16 layers; grappler's
 rewrite of the frozen graph, what fmx does on CPUs). Prints milliseconds.
 """
@@ -89,6 +91,33 @@ def loop_ms_per_step(folder, workload, steps_per_loop: int, loops: int) -> float
   return 1000 * statistics.median(seconds[1:]) / steps_per_loop  # warm-up out
 
 
+def loop_output_ms_per_step(setup, trainer, steps_per_loop: int,
+                            rounds: int) -> dict:
+  """Median ms per step of fmx's compiled loop (it returns its last loss)
+  and of the same loop returning nothing (Orbit's), alternated on one
+  iterator of the real input pipeline."""
+  iterator = iter(trainer.train_dataset)
+
+  @tf.function
+  def without_output(iterator, num_steps):
+    for _ in tf.range(num_steps):
+      trainer.train_step(iterator)
+
+  loops = {'fmx loop (last loss as output)': trainer.create_train_loop_fn(),
+           'same loop without output': without_output}
+  seconds = {name: [] for name in loops}
+  steps = tf.constant(steps_per_loop)
+  for round_ in range(rounds + 1):
+    for name, loop in loops.items():
+      start = time.perf_counter()
+      loop(iterator, steps)
+      measure.wait(trainer.global_step)
+      if round_:  # the first round traces
+        seconds[name].append(time.perf_counter() - start)
+  return {name: 1000 * statistics.median(s) / steps_per_loop
+          for name, s in seconds.items()}
+
+
 def conversion_seconds(folder, workload) -> dict:
   """Start-up of the two bfloat16 conversions of the teacher run, with its
   first call (tracing)."""
@@ -133,6 +162,9 @@ def main() -> None:
           f'{setup.task.teacher_precision}; load average {os.getloadavg()[0]:.2f}')
     for name, timing in timings.items():
       print(f'  {name:<36} {1000 * timing["seconds_per_call"]:7.1f} ms')
+    for name, ms in loop_output_ms_per_step(setup, trainer, 24,
+                                            args.loops).items():
+      print(f'  {name:<36} {ms:7.1f} ms per step (24-step loops, real input)')
     for steps in (3, 24):
       print(f'  Orbit loops of {steps:>2} steps, real input  '
             f'{loop_ms_per_step(folder, workload, steps, args.loops):7.1f} ms per step')
