@@ -6,6 +6,7 @@ import logging
 import os
 
 import pytest
+import tensorflow as tf
 
 from conftest import tiny_student_gin, tiny_teacher_gin, write
 from fmx import cli
@@ -114,6 +115,7 @@ def test_second_run_resumes_from_checkpoint(trained_teacher, tmp_path, caplog, c
                    tiny_student_gin(model_dir, trained_teacher[0], epochs=0.5))
   first = run.run([gin_file])
   assert first['global_step'] == 8
+  first_seconds = _saved_train_seconds(model_dir, 8)
   # A longer run is another config: refused unless asked for, and the folder
   # is left as it was.
   before = _digest(model_dir)
@@ -127,12 +129,24 @@ def test_second_run_resumes_from_checkpoint(trained_teacher, tmp_path, caplog, c
              for r in caplog.records)
   assert 'resuming from the checkpoint at step 8' in capsys.readouterr().out
   assert second['global_step'] == 16
-  # The time of both invocations (the first one's is in its checkpoint).
-  assert second['train_seconds'] >= first['train_seconds']
+  # The time of both invocations: the first one's as of its last checkpoint,
+  # which the second restores. (Not results.json's train_seconds: it also
+  # counts the first invocation's final evaluations, after that checkpoint.)
+  assert 0 < first_seconds <= first['train_seconds']
+  assert second['train_seconds'] > first_seconds
+  assert _saved_train_seconds(model_dir, 16) > first_seconds
   steps = sorted(int(f.split('-')[1].split('.')[0]) for f in os.listdir(model_dir)
                  if f.startswith('ckpt-') and f.endswith('.index'))
   assert steps[-1] == 16 and 8 in steps
   assert any(f.startswith('operative_config.before-') for f in os.listdir(model_dir))
+
+
+def _saved_train_seconds(model_dir: str, step: int) -> float:
+  """The training time (fmx's TrainClock) saved in the checkpoint at `step`."""
+  reader = tf.train.load_checkpoint(os.path.join(model_dir, f'ckpt-{step}'))
+  [key] = [k for k in reader.get_variable_to_shape_map()
+           if k.startswith('fmx_train_seconds/')]
+  return float(reader.get_tensor(key))
 
 
 def _corrupt_tfrecord_teacher_gin(tmp_path, skip: bool) -> str:
