@@ -73,7 +73,7 @@ class Trainer(base_trainer.Trainer):
     results all end in variable updates runs without most of oneDNN's
     fusions on CPUs (BatchNorm + ReLU, Pad + Conv2D: seen in an op profile;
     why grappler leaves them out of a function without outputs was not
-    found). With the loss as an output the loop keeps them: 4-6% less time a
+    found). With the loss as an output the loop keeps them: 6% less time a
     step on issue 18's workload (`python benchmarks/step_parts.py`).
     """
     stop_now = self._stop_now_fn()
