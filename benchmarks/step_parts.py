@@ -12,9 +12,10 @@ and the student's step beside the teacher's forward on another batch (a
 software-pipelined step: the next batch's teacher during this step; compare
 with the full step). Then, on the real input pipeline: fmx's compiled loop
 beside the same loop returning no output (Orbit's; on CPUs it runs without
-most of oneDNN's fusions), and Orbit loops of 3 and 24 steps per loop (ms
-per step), and, for a teacher run, how long each way of converting
-it to bfloat16 takes at start-up (clone into bfloat16 layers; grappler's
+most of oneDNN's fusions), fmx's eval step beside the same step returning
+nothing (as it did before), and Orbit loops of 3 and 24 steps per loop (ms
+per step), and, for a teacher run, how long each way of converting it to
+bfloat16 takes at start-up (clone into bfloat16 layers; grappler's
 rewrite of the frozen graph, what fmx does on CPUs). Prints milliseconds.
 """
 
@@ -118,6 +119,26 @@ def loop_output_ms_per_step(setup, trainer, steps_per_loop: int,
           for name, s in seconds.items()}
 
 
+def eval_output_ms_per_step(trainer, steps: int, rounds: int) -> dict:
+  """Mean ms per eval step of fmx's compiled eval step (it returns the
+  batch's example count, fmx.tasks.base.validation_logs) and of the same
+  step returning nothing (as it did before), called as Orbit calls them (a
+  compiled step at a time), alternated, on the real input pipeline."""
+  iterator = iter(trainer.train_dataset)  # endless, unlike the eval split
+
+  @tf.function
+  def without_output(iterator):
+    trainer.eval_step(iterator)
+
+  steps_of = lambda step: lambda: [step(iterator) for _ in range(steps)][-1]  # noqa: E731
+  timings = measure.time_rounds(
+      {'eval step (examples as output)': steps_of(tf.function(trainer.eval_step)),
+       'same eval step without output': steps_of(without_output)},
+      rounds=rounds, calls=1)
+  return {name: 1000 * timing['seconds_per_call'] / steps
+          for name, timing in timings.items()}
+
+
 def conversion_seconds(folder, workload) -> dict:
   """Start-up of the two bfloat16 conversions of the teacher run, with its
   first call (tracing)."""
@@ -165,6 +186,9 @@ def main() -> None:
     for name, ms in loop_output_ms_per_step(setup, trainer, 24,
                                             args.loops).items():
       print(f'  {name:<36} {ms:7.1f} ms per step (24-step loops, real input)')
+    with setup.strategy.scope():
+      for name, ms in eval_output_ms_per_step(trainer, 12, args.loops).items():
+        print(f'  {name:<36} {ms:7.1f} ms per step (12 steps a round, real input)')
     for steps in (3, 24):
       print(f'  Orbit loops of {steps:>2} steps, real input  '
             f'{loop_ms_per_step(folder, workload, steps, args.loops):7.1f} ms per step')

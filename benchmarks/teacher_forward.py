@@ -19,7 +19,10 @@ teacher of benchmarks/workload.py (BiT-R50x1 by default) in inference mode:
   rewritten by grappler (how fmx runs a teacher on CPUs).
 
 Reports milliseconds per batch and CPU-milliseconds (steadier on a shared
-machine).
+machine), and each variant's arithmetic rate (the forward's floating-point
+operations, counted by TensorFlow's profiler, per second) beside the rate
+of one large matmul in float32 and in bfloat16: how close a forward is to
+what this machine computes at best.
 """
 
 import argparse
@@ -49,6 +52,31 @@ def cpu_and_wall_rounds(functions, rounds: int) -> dict:
       totals[name][1] += time.process_time() - cpu
   return {name: {'ms': 1000 * wall / rounds, 'cpu_ms': 1000 * cpu / rounds}
           for name, (wall, cpu) in totals.items()}
+
+
+def forward_gflop(teacher: tf_keras.Model, images) -> float:
+  """Billions of floating-point operations of one forward pass on `images`
+  (a multiply-add is 2), counted by TensorFlow's profiler on the frozen graph."""
+  from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-import-not-at-top
+  forward = tf.function(lambda x: teacher(x, training=False))
+  frozen = convert_to_constants.convert_variables_to_constants_v2(
+      forward.get_concrete_function(tf.TensorSpec(images.shape, images.dtype)))
+  options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+  options['output'] = 'none'
+  return tf.compat.v1.profiler.profile(
+      graph=frozen.graph, options=options).total_float_ops / 1e9
+
+
+def matmul_gflops(dtype: tf.DType, size: int = 2048, calls: int = 20) -> float:
+  """This machine's rate for a size x size matmul in `dtype`, GFLOP/s."""
+  a = tf.cast(tf.random.uniform((size, size)), dtype)
+  matmul = tf.function(lambda: tf.matmul(a, a))
+  measure.wait(matmul())
+  start = time.perf_counter()
+  for _ in range(calls):
+    result = matmul()
+  measure.wait(result)
+  return 2 * size ** 3 * calls / (time.perf_counter() - start) / 1e9
 
 
 def _no_group_norm(self, inputs):
@@ -140,17 +168,22 @@ def main() -> None:
   teacher.trainable = False
   images = tf.random.uniform((args.batch_size, args.image_size,
                               args.image_size, 3))
+  gflop = forward_gflop(teacher, images)
   timings = cpu_and_wall_rounds(variants(teacher, images), args.rounds)
   machine = measure.machine()
   print(f'{args.teacher}{params or ""} forward, batch {args.batch_size}, '
-        f'{args.image_size} px; {machine["cpu"]}, {machine["cores"]} cores, '
-        f'TensorFlow {machine["tensorflow"]}, load average '
-        f'{machine["load_average"][0]}')
+        f'{args.image_size} px, {gflop:.1f} GFLOP; {machine["cpu"]}, '
+        f'{machine["cores"]} cores, TensorFlow {machine["tensorflow"]}, load '
+        f'average {machine["load_average"][0]}')
   reference = timings['as built']['cpu_ms']
   width = max(len(name) for name in timings)
   for name, timing in timings.items():
     print(f'  {name:<{width}}  {timing["ms"]:7.0f} ms  {timing["cpu_ms"]:7.0f} '
-          f'CPU-ms  ({timing["cpu_ms"] / reference:.2f}x the CPU time as built)')
+          f'CPU-ms  ({timing["cpu_ms"] / reference:.2f}x the CPU time as built)'
+          f'  {gflop / timing["ms"] * 1000:5.0f} GFLOP/s')
+  for dtype in (tf.float32, tf.bfloat16):
+    print(f'  reference: one 2048x2048 matmul in {dtype.name}: '
+          f'{matmul_gflops(dtype):.0f} GFLOP/s')
 
 
 if __name__ == '__main__':

@@ -29,7 +29,7 @@ from fmx.tasks import ensemble as ensemble_lib
 from fmx.tasks import teacher_precision as precision_lib
 from fmx.tasks import teacher_run
 from fmx.tasks import teaching as teaching_lib
-from fmx.tasks.base import FmxTask, apply_gradients, fit_to_model, to_float, top1_correct, top_k_correct, update_mean
+from fmx.tasks.base import FmxTask, apply_gradients, fit_to_model, to_float, top1_correct, top_k_correct, update_mean, validation_logs
 
 # Training images are mixed: a mixed image's label is its slot's, not the
 # blend's, so label accuracies on them mislead; teacher-student agreement
@@ -344,7 +344,7 @@ class DistillationTask(FmxTask):
     student_logits = model(fit_to_model(model, inputs['image']), training=False)
     self._update(metrics, inputs['label'], teacher_logits, student_logits,
                  inputs.get('weight'))
-    return {}  # the loss is the 'validation_loss' metric
+    return validation_logs(inputs)
 
   def _update(self, metrics, labels, teacher_logits, student_logits,
               weights=None):

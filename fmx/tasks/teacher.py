@@ -11,7 +11,7 @@ import tf_keras
 
 from fmx.errors import UserError
 from fmx.registry import LOSSES, TASKS
-from fmx.tasks.base import FmxTask, apply_gradients, to_float, top1_correct, update_mean
+from fmx.tasks.base import FmxTask, apply_gradients, to_float, top1_correct, update_mean, validation_logs
 
 
 @TASKS.register('teacher', denylist=('params', 'logging_dir', 'name'))
@@ -65,7 +65,7 @@ class TeacherTask(FmxTask):
   def validation_step(self, inputs, model, metrics=None):
     logits = model(inputs['image'], training=False)
     self._update(metrics, inputs['label'], logits, inputs.get('weight'))
-    return {}  # the loss is the 'validation_loss' metric
+    return validation_logs(inputs)
 
   def _update(self, metrics, labels, logits, weights=None):
     values = {'top1': lambda: top1_correct(labels, logits),
