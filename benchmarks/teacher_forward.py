@@ -19,10 +19,11 @@ teacher of benchmarks/workload.py (BiT-R50x1 by default) in inference mode:
   rewritten by grappler (how fmx runs a teacher on CPUs).
 
 Reports milliseconds per batch and CPU-milliseconds (steadier on a shared
-machine), and each variant's arithmetic rate (the forward's floating-point
-operations, counted by TensorFlow's profiler, per second) beside the rate
-of one large matmul in float32 and in bfloat16: how close a forward is to
-what this machine computes at best.
+machine), and each variant's arithmetic rate (the as-built forward's
+floating-point operations, counted by TensorFlow's profiler, per second:
+the same work for every variant, so ablations and folded ones, which skip
+some, show as faster) beside the rate of one large matmul in float32 and in
+bfloat16: how close a forward is to what this machine computes at best.
 """
 
 import argparse

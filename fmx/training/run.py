@@ -329,9 +329,13 @@ def _train_and_evaluate(setup: Setup, role: cluster.Role,
     print(early.describe(step), flush=True)
     stopped_early = early.summary(step)
 
+  # As the final checkpoint holds it (set after the last loop of steps):
+  # the validations between loops count, the last validation and the test
+  # evaluation do not, and a run extended later continues from this figure.
+  train_seconds = float(clock.seconds.numpy())
   results = evaluate_split(setup, trainer, TEST_SPLIT,
                            summary_dir=os.path.join(role.write_dir, 'test'))
-  results.update(train_seconds=round(clock.total(), 1),
+  results.update(train_seconds=round(train_seconds, 1),
                  skipped_corrupt=decoding.total_skipped(task.sources.values()))
   if stopped_early:
     results['early_stopped'] = stopped_early
