@@ -130,7 +130,13 @@ def eval_output_ms_per_step(trainer, steps: int, rounds: int) -> dict:
   def without_output(iterator):
     trainer.eval_step(iterator)
 
-  steps_of = lambda step: lambda: [step(iterator) for _ in range(steps)][-1]  # noqa: E731
+  def steps_of(step):
+    def run_steps():
+      for _ in range(steps):
+        output = step(iterator)
+      return output
+    return run_steps
+
   timings = measure.time_rounds(
       {'eval step (examples as output)': steps_of(tf.function(trainer.eval_step)),
        'same eval step without output': steps_of(without_output)},

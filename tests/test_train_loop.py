@@ -28,7 +28,7 @@ def test_the_compiled_loop_returns_its_last_step_loss(trained_teacher, tmp_path)
   """The loop's output is its last step's loss.
 
   Kept for speed, not for the value: on CPUs a compiled loop whose steps
-  end in variable updates only runs without most of oneDNN's fusions (~5%
+  end in variable updates only runs without most of oneDNN's fusions (6%
   a step, fmx.training.trainer), so a loop returning nothing again would
   be a silent slowdown.
   """
